@@ -1,0 +1,183 @@
+"""The contract every backend fulfils; its docstrings are the specification.
+
+A backend holds only what is framework-specific: arrays and devices, the embedding pair,
+`skip_gram`, the masked loss, autodiff, the optimiser step and compilation. Everything else
+(data, epochs, metrics, export) lives once in `common/`.
+
+The objective, identical everywhere (design.md):
+    pred = skip_gram(centers, contexts_negatives).reshape(B, L)
+    per_example = sum(mask * bce(pred, label), axis=1) / max(sum(mask, axis=1), 1)
+    loss = per_example.sum()          # the optimised quantity, as in the chapter's PyTorch tab
+`per_example` equals the chapter's `loss(pred, label, mask) * L / mask.sum(1)`; the `max(., 1)`
+only matters for all-padding rows (fixed-shape backends pad the last batch), which then count 0.
+Adam follows torch.optim.Adam: lr 0.002, betas (0.9, 0.999), eps 1e-8 added to sqrt(v_hat).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from common.batching import Batch
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+class Params(NamedTuple):
+    """Exchange format for parity tests, export and checkpoints."""
+
+    center: np.ndarray   # (V, E) float32, the chapter's embed_v (net[0])
+    context: np.ndarray  # (V, E) float32, the chapter's embed_u (net[1])
+
+
+class AdamState(NamedTuple):
+    """Framework-neutral Adam state, so a checkpoint from one backend resumes in another."""
+
+    step: int
+    exp_avg: Params     # first moments, same shapes as the parameters
+    exp_avg_sq: Params  # second moments
+
+
+def xavier_uniform(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Glorot/Xavier-uniform (gain 1) for a (rows, cols) table, as torch's xavier_uniform_."""
+    bound = float(np.sqrt(6.0 / (rows + cols)))
+    return rng.uniform(-bound, bound, size=(rows, cols)).astype(np.float32)
+
+
+def init_params_numpy(vocab_size: int, embed_size: int, seed: int) -> Params:
+    """The one initialisation every backend starts from, so seeds mean the same everywhere."""
+    rng = np.random.default_rng(seed)
+    return Params(xavier_uniform(rng, vocab_size, embed_size),
+                  xavier_uniform(rng, vocab_size, embed_size))
+
+
+class Backend(abc.ABC):
+    """One framework's implementation of skip-gram with negative sampling."""
+
+    name: ClassVar[str]
+    framework: ClassVar[str]  # the import name whose version `w2v backends` shows
+    # Compiled steps (jit, tf.function) want one shape: every batch padded to the widest row
+    # and the last batch to full size (padding rows have mask 0 and count for nothing).
+    fixed_shapes: ClassVar[bool] = False
+
+    def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+        self.vocab_size = vocab_size
+        self.embed_size = embed_size
+        self.lr = lr
+        self.device = device
+        self.seed = seed
+        self.optimizer = optimizer
+
+    # -- arrays ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def asarray(self, x: np.ndarray) -> Any:
+        """Host -> device, keeping the dtype."""
+
+    @abc.abstractmethod
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Device -> host."""
+
+    def losses_to_numpy(self, losses: list[Any]) -> np.ndarray:
+        """Many device scalars -> one float64 host array (one sync; backends may batch it)."""
+        return np.array([float(self.to_numpy(x)) for x in losses], dtype=np.float64)
+
+    # -- the model --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def embed(self, table: Any, ids: Any) -> Any:
+        """Rows of `table` (V, E) at `ids` (...) -> (..., E)."""
+
+    @abc.abstractmethod
+    def skip_gram(self, centers: Any, contexts_negatives: Any, center_table: Any,
+                  context_table: Any) -> Any:
+        """(B, 1), (B, L) ids -> (B, 1, L) dot products of centre and context vectors."""
+
+    @abc.abstractmethod
+    def masked_bce(self, logits: Any, labels: Any, masks: Any) -> Any:
+        """(B, L) logits, labels, masks -> (B,) mean over L of mask * sigmoid BCE."""
+
+    # -- parameters -------------------------------------------------------------------------
+    def init_params(self, seed: int) -> None:
+        """Xavier-uniform on both tables, drawn in NumPy so every backend starts alike."""
+        self.set_params(init_params_numpy(self.vocab_size, self.embed_size, seed))
+
+    @abc.abstractmethod
+    def get_params(self) -> Params:
+        """A host copy of both tables."""
+
+    @abc.abstractmethod
+    def set_params(self, params: Params) -> None:
+        """Replace both tables and reset the optimiser."""
+
+    # -- training ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
+        """The objective on `batch` and its dense gradients, without updating anything."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: Batch) -> Any:
+        """One optimiser step on the summed objective; returns that sum, still on device."""
+
+    @abc.abstractmethod
+    def optimizer_state(self) -> AdamState:
+        """The optimiser's state on the host, for checkpoints and exact resume."""
+
+    @abc.abstractmethod
+    def load_optimizer_state(self, state: AdamState) -> None:
+        """Restore what `optimizer_state` returned (after `set_params`)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so that timings measure it (no-op when eager)."""
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        """What this machine offers the framework: "cpu", "gpu:0", ..."""
+        return ["cpu"]
+
+    @classmethod
+    def version(cls) -> str:
+        """The framework's version string."""
+        module = __import__(cls.framework)
+        return str(getattr(module, "__version__", "unknown"))
+
+    # -- use ------------------------------------------------------------------------------
+    def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine top-k over the centre table for each query, the query itself left out.
+
+        (Q,) ids -> (Q, k) ids, (Q, k) similarities. Uses the chapter's `+ 1e-9`.
+        Backends override it with their framework's native top-k.
+        """
+        table = self.get_params().center.astype(np.float32)
+        queries = table[query_ids]
+        cos = (queries @ table.T) / np.sqrt(
+            (table * table).sum(1)[None, :] * (queries * queries).sum(1)[:, None] + 1e-9)
+        cos[np.arange(len(query_ids)), query_ids] = -np.inf
+        top = np.argsort(-cos, axis=1, kind="stable")[:, :k]
+        return top, np.take_along_axis(cos, top, axis=1)
+
+
+def normalize_device(device: str) -> tuple[str, int]:
+    """'cpu' -> ('cpu', 0), 'gpu' -> ('gpu', 0), 'gpu:1'/'cuda:1' -> ('gpu', 1)."""
+    from common.errors import DeviceError
+
+    text = device.strip().lower()
+    kind, _, index = text.partition(":")
+    if kind == "cuda":
+        kind = "gpu"
+    if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
+        raise DeviceError(f"unknown device {device!r}: use cpu, gpu or gpu:N")
+    return kind, int(index or 0)
+
+
+def require_device(device: str, available: list[str]) -> tuple[str, int]:
+    """Parse `device` and fail in one line, listing `available`, when the machine lacks it."""
+    from common.errors import DeviceError
+
+    kind, index = normalize_device(device)
+    name = "cpu" if kind == "cpu" else f"gpu:{index}"
+    if name not in available:
+        raise DeviceError(f"device {device!r} is not available here; this machine offers: "
+                          f"{', '.join(available)}")
+    return kind, index

@@ -1,0 +1,99 @@
+"""Training configuration: the chapter's hyperparameters as defaults, validated in one place.
+
+The CLI builds its `train` flags from the fields of `TrainConfig` (their `help` metadata),
+so a new hyperparameter is added here once and appears everywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import ConfigError
+
+SAMPLING_MODES = ("static", "resample")
+OPTIMIZERS = ("adam", "sparse_adam")
+
+
+def _flag(help_text: str, **extra: Any) -> Any:
+    return {"help": help_text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; `validate()` rejects impossible values."""
+
+    backend: str = field(default="torch", metadata=_flag("framework backend (env W2V_BACKEND)"))
+    device: str = field(default="cpu", metadata=_flag("cpu, gpu or gpu:N"))
+    epochs: int = field(default=5, metadata=_flag("training epochs"))
+    lr: float = field(default=0.002, metadata=_flag("Adam learning rate"))
+    batch_size: int = field(default=512, metadata=_flag("centre words per minibatch"))
+    embed_size: int = field(default=100, metadata=_flag("embedding dimension"))
+    max_window_size: int = field(default=5, metadata=_flag("largest context window"))
+    num_noise_words: int = field(default=5, metadata=_flag("noise words per context word"))
+    min_freq: int = field(default=10, metadata=_flag("rarer words become <unk>"))
+    subsample_t: float = field(default=1e-4, metadata=_flag("subsampling threshold t"))
+    sampling: str = field(
+        default="static",
+        metadata=_flag("static: sample once (chapter); resample: every epoch (exercise 2)",
+                       choices=SAMPLING_MODES),
+    )
+    optimizer: str = field(
+        default="adam",
+        metadata=_flag("adam: the chapter's dense Adam; sparse_adam: lazy rows (faster, differs)",
+                       choices=OPTIMIZERS),
+    )
+    seed: int = field(default=0, metadata=_flag("seed for sampling, shuffling and init"))
+    corpus: str = field(
+        default="auto",
+        metadata=_flag("ptb, lee, a text file, or auto (ptb, else lee when offline)"),
+    )
+    data: str | None = field(default=None, metadata=_flag("local ptb.zip or folder (env W2V_PTB)"))
+
+    def validate(self) -> "TrainConfig":
+        """Raise `ConfigError` naming the first invalid field; return self for chaining."""
+        positive_ints = ("epochs", "batch_size", "embed_size", "max_window_size",
+                         "num_noise_words", "min_freq")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                  f"got {value!r}")
+        for name in ("lr", "subsample_t"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0 or value != value \
+                    or value == float("inf"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, "
+                                  f"got {value!r}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_MODES)}, "
+                              f"got {self.sampling!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                              f"got {self.optimizer!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a stored `config.json`, ignoring keys a newer version may add."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @property
+    def max_length(self) -> int:
+        """Widest possible row of contexts and noise: `2 * window * (1 + K)`."""
+        return 2 * self.max_window_size * (1 + self.num_noise_words)
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    """The dataclass fields, for the CLI to turn into flags."""
+    return dataclasses.fields(TrainConfig)
