@@ -1,0 +1,158 @@
+"""Time the data pipeline on the real PTB, on one core: is data ever the bottleneck?
+
+    python benchmarks/pipeline.py --data /path/to/ptb.zip      (or env W2V_PTB)
+
+Targets (one core): static build (subsample + centres/contexts + noise) <= 1.5 s, a
+re-sampled epoch <= 1 s, iterating one epoch's batches <= 0.5 s. Prints a table and one
+JSON line (appended to `--out` as well, when given).
+"""
+from __future__ import annotations
+
+import os
+
+# Before NumPy loads: one core means one BLAS/OpenMP thread too.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                  "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from common.batching import EpochData, iterate_batches, num_batches  # noqa: E402
+from common.corpus import read_ptb  # noqa: E402
+from common.sampling import (NoiseSampler, build_dataset, centers_and_contexts,  # noqa: E402
+                             draw_negatives, subsample)
+from common.vocab import Vocab  # noqa: E402
+
+TARGETS = {"static_build": 1.5, "resample_epoch": 1.0, "iterate_epoch": 0.5}
+
+
+def timed(function: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
+    """Wall seconds of `repeat` calls, and the last result."""
+    seconds, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = function()
+        seconds.append(time.perf_counter() - started)
+    return seconds, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("W2V_PTB"),
+                        help="ptb.zip or a folder holding ptb.train.txt (default: env W2V_PTB)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--max-window-size", type=int, default=5)
+    parser.add_argument("--num-noise-words", type=int, default=5)
+    parser.add_argument("--min-freq", type=int, default=10)
+    parser.add_argument("--t", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all-cores", action="store_true", help="do not pin to one core")
+    parser.add_argument("--out", help="also append the JSON line to this file")
+    args = parser.parse_args(argv)
+    if not args.data or not Path(args.data).exists():
+        print("pipeline.py: give --data PATH or set W2V_PTB to a local ptb.zip", file=sys.stderr)
+        return 2
+    if not args.all_cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+    rng = np.random.default_rng(args.seed)
+    sampling = dict(max_window_size=args.max_window_size, num_noise_words=args.num_noise_words,
+                    t=args.t)
+    rows: list[tuple[str, str, list[float]]] = []  # (label, JSON key, seconds per repeat)
+
+    read_s, sentences = timed(lambda: read_ptb(Path(args.data)).sentences, args.repeat)
+    vocab_s, vocab = timed(lambda: Vocab(sentences, min_freq=args.min_freq), args.repeat)
+    encode_s, corpus = timed(lambda: vocab.encode(sentences), args.repeat)
+    rows += [("read PTB", "read", read_s), ("build vocabulary", "vocab", vocab_s),
+             ("encode corpus", "encode", encode_s)]
+
+    # The phases, separately, then the whole static build as training runs it.
+    subsample_s, kept = timed(lambda: subsample(corpus, vocab.counts, args.t, rng), args.repeat)
+    pairs_s, pairs = timed(lambda: centers_and_contexts(kept, args.max_window_size, rng),
+                           args.repeat)
+    sampler_s, sampler = timed(lambda: NoiseSampler(vocab.counts), args.repeat)
+    noise_s, data = timed(lambda: draw_negatives(pairs, sampler, args.num_noise_words, rng),
+                          args.repeat)
+    static_s, data = timed(lambda: build_dataset(corpus, vocab.counts, rng=rng, **sampling),
+                           args.repeat)
+    rows += [("  subsample", "subsample", subsample_s),
+             ("  centres and contexts", "centers_and_contexts", pairs_s),
+             ("  noise sampler (alias table)", "noise_sampler", sampler_s),
+             ("  noise words", "noise_words", noise_s),
+             ("static build (all three)", "static_build", static_s)]
+
+    resample = EpochData(corpus, vocab.counts, batch_size=args.batch_size, rng=rng,
+                         mode="resample", **sampling)
+    epochs = iter(range(10**6))
+    resample_s, _ = timed(lambda: resample.dataset(next(epochs)), args.repeat)
+    rows.append(("re-sampled epoch", "resample_epoch", resample_s))
+
+    def iterate(**options: Any) -> int:
+        return sum(len(batch.centers)
+                   for batch in iterate_batches(data, args.batch_size, rng, **options))
+
+    iterate_s, _ = timed(iterate, args.repeat)
+    fixed_s, _ = timed(lambda: iterate(fixed_length=data.contexts_negatives.shape[1],
+                                       pad_last_batch=True), args.repeat)
+    rows += [("iterate epoch (batch's own L)", "iterate_epoch", iterate_s),
+             ("iterate epoch (fixed L, padded)", "iterate_epoch_fixed", fixed_s)]
+
+    # Memory: the process peak so far, then the traced peak of one static build alone
+    # (tracemalloc slows allocation, so it stays out of the timings above).
+    max_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tracemalloc.start()
+    build_dataset(corpus, vocab.counts, rng=rng, **sampling)
+    build_peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+
+    record: dict[str, Any] = {
+        "benchmark": "pipeline", "python": platform.python_version(), "numpy": np.__version__,
+        "pinned_one_core": not args.all_cores, "repeat": args.repeat,
+        "sentences": len(sentences), "tokens": int(len(corpus.tokens)), "vocab_size": len(vocab),
+        "examples": data.num_examples, "context_words": int(data.num_contexts.sum()),
+        "batches": num_batches(data.num_examples, args.batch_size),
+        "dataset_mib": round(sum(a.nbytes for a in data) / 2**20, 1),
+        "max_rss_mib": round(max_rss_mib, 1),
+        "static_build_traced_peak_mib": round(build_peak_mib, 1),
+    }
+    print(f"PTB: {len(sentences):,} sentences, {len(corpus.tokens):,} tokens, vocabulary "
+          f"{len(vocab):,}; {data.num_examples:,} centres, {record['context_words']:,} context "
+          f"words, {record['batches']} batches of {args.batch_size}")
+    print(f"NumPy {np.__version__}, Python {platform.python_version()}, "
+          f"{'one core' if not args.all_cores else 'all cores'}, {args.repeat} repeats\n")
+    print(f"{'step':34} {'median s':>9} {'min s':>8} {'target s':>9}")
+    failed = []
+    for label, key, seconds in rows:
+        median = statistics.median(seconds)
+        target = TARGETS.get(key)
+        verdict = "" if target is None else ("  ok" if median <= target else "  OVER")
+        if target is not None and median > target:
+            failed.append(key)
+        print(f"{label:34} {median:9.3f} {min(seconds):8.3f} "
+              f"{'' if target is None else f'{target:.1f}':>9}{verdict}")
+        record[f"{key}_s"] = round(median, 4)
+    print(f"\npeak memory: {max_rss_mib:.0f} MiB resident (process), one static build "
+          f"{build_peak_mib:.0f} MiB traced; the dataset itself {record['dataset_mib']} MiB")
+    record["targets_met"] = not failed
+    line = json.dumps(record, sort_keys=True)
+    print(line)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

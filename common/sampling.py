@@ -1,0 +1,213 @@
+"""From an encoded corpus to skip-gram training examples, as the chapter samples them.
+
+The chapter's `subsample`, `get_centers_and_contexts` and `get_negatives` loop over tokens
+in Python; here each step is a handful of whole-array NumPy operations on the flat corpus,
+drawing from one `numpy.random.Generator`, with the same distributions:
+
+1. `subsample`: drop `<unk>`, keep word w with probability min(1, sqrt(t / f(w))).
+2. `centers_and_contexts`: every position of a sentence of length >= 2 is a centre; its
+   window size is uniform on 1..max_window_size; contexts are the window minus the centre.
+3. `draw_negatives`: K noise words per context word from counts**0.75, none equal to a
+   context word of the same example (the chapter redraws; so do we, only the collisions).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from common.errors import DataError
+from common.vocab import EncodedCorpus
+
+NOISE_POWER = 0.75
+# Only a vocabulary whose every word is some example's context makes redrawing endless.
+_MAX_REDRAW_ROUNDS = 1000
+_ROWS_PER_BLOCK = 4096
+
+
+class Pairs(NamedTuple):
+    """Centres with their contexts, one row per centre, contexts left-aligned."""
+
+    centers: np.ndarray       # (N,) int32
+    contexts: np.ndarray      # (N, 2 * max_window_size) int32, in sentence order, 0-padded
+    num_contexts: np.ndarray  # (N,) int64, >= 1
+
+
+class SkipGramData(NamedTuple):
+    """Every training example of an epoch, padded to the widest possible row.
+
+    Row i is `contexts_negatives[i, :lengths[i]]`: `num_contexts[i]` context words, then
+    `K * num_contexts[i]` noise words; the rest is 0. Width = 2 * max_window_size * (1 + K).
+    """
+
+    centers: np.ndarray             # (N,) int32
+    contexts_negatives: np.ndarray  # (N, Lmax) int32
+    num_contexts: np.ndarray        # (N,) int64
+    lengths: np.ndarray             # (N,) int64, num_contexts * (1 + K)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.centers)
+
+
+def subsample(corpus: EncodedCorpus, counts: np.ndarray, t: float,
+              rng: np.random.Generator) -> EncodedCorpus:
+    """Drop `<unk>` and frequent words, keeping sentence boundaries (some become empty).
+
+    f(w) = counts[w] / counts[1:].sum(): the vocabulary counts are the chapter's `counter`
+    (built on the corpus after dropping `<unk>`, before the keep test). The chapter keeps a
+    token when `uniform(0, 1) < sqrt(t / counter[w] * num_tokens)`; so do we.
+    Shapes: corpus.tokens (T,) -> (T',) int32 with T' <= T.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts[1:].sum()
+    # A count of 0 (a vocabulary from another corpus) gives inf: such a word is kept.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep_probability = np.sqrt(t * total / counts)
+    keep_probability[0] = 0.0
+    keep = rng.random(len(corpus.tokens)) < keep_probability[corpus.tokens]
+    kept_before = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept_before[1:])
+    return EncodedCorpus(corpus.tokens[keep], kept_before[corpus.offsets])
+
+
+def centers_and_contexts(corpus: EncodedCorpus, max_window_size: int,
+                         rng: np.random.Generator) -> Pairs:
+    """Every position of every sentence of length >= 2, with a random symmetric window.
+
+    The window of centre i is [i - w, i + w] clipped to its sentence, minus i, where w is
+    uniform on 1..max_window_size, drawn once per centre (the chapter's `random.randint`).
+    Shapes: corpus.tokens (T,) -> Pairs with N = tokens in sentences of length >= 2.
+    """
+    lengths = corpus.lengths
+    in_long_sentence = np.repeat(lengths >= 2, lengths)
+    positions = np.flatnonzero(in_long_sentence)
+    # Room left and right of each centre inside its sentence.
+    sentence_end = np.repeat(corpus.offsets[1:], lengths)[in_long_sentence]
+    room_left = positions - np.repeat(corpus.offsets[:-1], lengths)[in_long_sentence]
+    room_right = sentence_end - 1 - positions
+    window = rng.integers(1, max_window_size + 1, size=len(positions))
+    left = np.minimum(window, room_left)
+    right = np.minimum(window, room_right)
+    # Candidate offsets -M..-1, 1..M in sentence order, so contexts come out left to right.
+    offsets = np.concatenate([np.arange(-max_window_size, 0), np.arange(1, max_window_size + 1)])
+    is_context = np.where(offsets < 0, -offsets <= left[:, None], offsets <= right[:, None])
+    num_contexts = left + right
+    context_positions = (positions[:, None] + offsets)[is_context]
+    contexts = np.zeros((len(positions), 2 * max_window_size), dtype=np.int32)
+    # Row-major boolean assignment keeps each row's order and left-aligns it.
+    contexts[np.arange(2 * max_window_size) < num_contexts[:, None]] = \
+        corpus.tokens[context_positions]
+    return Pairs(corpus.tokens[positions], contexts, num_contexts.astype(np.int64, copy=False))
+
+
+class NoiseSampler:
+    """Draws word indices 1..V-1 with probability proportional to counts**0.75.
+
+    Walker's alias method: one uniform per draw, O(1) each; on PTB's 6,718 words it is
+    1.5-2x faster than a binary search of the cumulative weights (`random.choices`).
+    The chapter's `RandomGenerator` only caches draws; a NumPy Generator needs no cache.
+    """
+
+    def __init__(self, counts: np.ndarray) -> None:
+        weights = np.asarray(counts, dtype=np.float64)[1:] ** NOISE_POWER
+        if len(weights) == 0 or not weights.sum() > 0:
+            raise DataError("the vocabulary has no word besides <unk> to draw noise from: "
+                            "use a larger corpus or lower --min-freq")
+        self.probabilities = weights / weights.sum()  # (V-1,), index j is word j + 1
+        self._accept, self._alias = _alias_table(self.probabilities)
+
+    def draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        """(size,) int32 word indices in 1..V-1."""
+        count = len(self._accept)
+        scaled = rng.random(size)
+        scaled *= count
+        column = scaled.astype(np.int32)
+        np.minimum(column, count - 1, out=column)  # guards u * count rounding up to count
+        scaled -= column  # the fraction decides between the column and its alias
+        accepted = scaled < self._accept[column]
+        drawn = self._alias[column]
+        np.copyto(drawn, column, where=accepted)
+        drawn += 1
+        return drawn
+
+
+def _alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's construction: column j keeps j with `accept[j]`, else gives `alias[j]`."""
+    count = len(probabilities)
+    scaled = probabilities * count
+    accept = np.ones(count, dtype=np.float64)
+    alias = np.arange(count, dtype=np.int32)
+    small = np.flatnonzero(scaled < 1.0).tolist()
+    large = np.flatnonzero(scaled >= 1.0).tolist()
+    scaled = scaled.tolist()
+    while small and large:  # O(V) Python steps, once per sampler (ms on PTB)
+        low, high = small.pop(), large[-1]
+        accept[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        if scaled[high] < 1.0:
+            small.append(large.pop())
+    return accept, alias  # leftovers keep accept = 1 (rounding), as Vose prescribes
+
+
+def draw_negatives(pairs: Pairs, sampler: NoiseSampler, num_noise_words: int,
+                   rng: np.random.Generator) -> SkipGramData:
+    """Add K noise words per context word, none equal to one of the example's contexts.
+
+    Noise is drawn straight into the padded rows; collisions with a context word of the
+    same row are redrawn until none is left. Every slot is thus an independent draw
+    conditioned on avoiding the contexts: the distribution of the chapter's redraw loop.
+    Shapes: Pairs (N,), (N, 2M) -> SkipGramData with rows of width 2M(1 + K).
+    """
+    num_rows, context_width = pairs.contexts.shape
+    lengths = pairs.num_contexts * (1 + num_noise_words)
+    contexts_negatives = np.zeros((num_rows, context_width * (1 + num_noise_words)),
+                                  dtype=np.int32)
+    contexts_negatives[:, :context_width] = pairs.contexts
+    # Blocks of rows keep every temporary in cache: on PTB this halves the time.
+    for start in range(0, num_rows, _ROWS_PER_BLOCK):
+        block = slice(start, start + _ROWS_PER_BLOCK)
+        _fill_noise(contexts_negatives[block], pairs.contexts[block],
+                    pairs.num_contexts[block], lengths[block], sampler, rng)
+    return SkipGramData(pairs.centers, contexts_negatives, pairs.num_contexts, lengths)
+
+
+def _fill_noise(rows: np.ndarray, contexts: np.ndarray, num_contexts: np.ndarray,
+                lengths: np.ndarray, sampler: NoiseSampler, rng: np.random.Generator) -> None:
+    """Write noise into slots num_contexts..lengths-1 of each row of `rows` (a view)."""
+    columns = np.arange(rows.shape[1])
+    is_noise = (columns >= num_contexts[:, None]) & (columns < lengths[:, None])
+    rows[is_noise] = sampler.draw(int(lengths.sum() - num_contexts.sum()), rng)
+    # Context padding is 0 and noise never is, so padded context columns never collide.
+    collides = np.zeros(rows.shape, dtype=bool)
+    for column in range(int(num_contexts.max(initial=0))):
+        collides |= rows == contexts[:, column, None]
+    collides &= is_noise
+    row_index, slot = np.nonzero(collides)
+    for _ in range(_MAX_REDRAW_ROUNDS):
+        if len(row_index) == 0:
+            return
+        redrawn = sampler.draw(len(row_index), rng)
+        still = (contexts[row_index] == redrawn[:, None]).any(axis=1)
+        rows[row_index[~still], slot[~still]] = redrawn[~still]
+        row_index, slot = row_index[still], slot[still]
+    raise DataError("cannot draw noise words that differ from the context words: the "
+                    "vocabulary is too small; use a larger corpus or lower --min-freq")
+
+
+def build_dataset(corpus: EncodedCorpus, counts: np.ndarray, *, max_window_size: int,
+                  num_noise_words: int, t: float, rng: np.random.Generator,
+                  sampler: NoiseSampler | None = None) -> SkipGramData:
+    """Subsample, cut windows and draw noise: one epoch's examples (the chapter's dataset).
+
+    `sampler` may be passed to reuse its alias table across epochs.
+    Shapes: corpus (T,) tokens, counts (V,) -> SkipGramData with N centres.
+    """
+    pairs = centers_and_contexts(subsample(corpus, counts, t, rng), max_window_size, rng)
+    if len(pairs.centers) == 0:
+        raise DataError(f"the corpus ({len(corpus.tokens)} tokens, {len(corpus.offsets) - 1} "
+                        f"sentences, vocabulary {len(counts)}) yields no centre/context pair "
+                        f"after <unk> removal and subsampling: use a larger corpus or lower "
+                        f"--min-freq")
+    return draw_negatives(pairs, sampler or NoiseSampler(counts), num_noise_words, rng)
+
