@@ -1,0 +1,66 @@
+"""The epoch driver: loss bookkeeping, report points and the honest speed figures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.batching import Batch
+from common.errors import W2VError
+from common.training import TrainResult, train
+
+
+class _ScriptedBackend:
+    """Returns a scripted loss per step, so the driver's arithmetic can be checked exactly."""
+
+    device = "cpu"
+
+    def __init__(self, losses_per_row: list[float]) -> None:
+        self.losses_per_row = iter(losses_per_row)
+        self.synced = 0
+
+    def train_step(self, batch: Batch) -> float:
+        return next(self.losses_per_row) * int(np.count_nonzero(batch.masks[:, 0]))
+
+    def losses_to_numpy(self, losses: list[float]) -> np.ndarray:
+        return np.asarray(losses, dtype=np.float64)
+
+    def synchronize(self) -> None:
+        self.synced += 1
+
+
+def _batch(rows: int, real: int) -> Batch:
+    masks = np.zeros((rows, 4), np.float32)
+    masks[:real, :2] = 1
+    return Batch(np.ones((rows, 1), np.int32), np.ones((rows, 4), np.int32), masks,
+                 np.zeros((rows, 4), np.float32))
+
+
+def test_losses_are_means_over_real_examples_and_all_epochs():
+    # epoch 1: 10 batches of 4 rows at loss 1.0; epoch 2: 10 batches, the last padded (1 real).
+    backend = _ScriptedBackend([1.0] * 10 + [0.5] * 10)
+    batches = {0: [_batch(4, 4)] * 10, 1: [_batch(4, 4)] * 9 + [_batch(4, 1)]}
+    result = train(backend, lambda e: iter(batches[e]), lambda e: 10, 2, progress=False,
+                   log=lambda line: None)
+    assert [r.mean_loss for r in result.epochs] == [1.0, 0.5]
+    assert [r.centre_words for r in result.epochs] == [40, 37]
+    assert result.all_epochs_mean_loss == pytest.approx((40 * 1.0 + 37 * 0.5) / 77)
+    assert len(result.curve) == 10  # five report points per epoch, as the chapter plots
+    assert result.curve[4]["epoch"] == pytest.approx(1.0)
+    assert result.curve[-1]["epoch"] == pytest.approx(2.0)
+
+
+def test_chapter_formula_overstates_speed_by_the_epoch_count():
+    result = TrainResult(device="cpu")
+    from common.training import EpochReport
+
+    result.epochs = [EpochReport(e + 1, 0.5, 1000, 2.0) for e in range(5)]
+    assert result.words_per_second == pytest.approx(500.0)
+    assert result.chapter_tokens_per_second == pytest.approx(2500.0)
+    assert result.summary_line().endswith("500.0 tokens/sec on cpu")
+
+
+def test_divergence_is_a_one_line_error():
+    backend = _ScriptedBackend([float("nan")] * 3)
+    with pytest.raises(W2VError, match="diverged.*lower --lr"):
+        train(backend, lambda e: iter([_batch(4, 4)] * 3), lambda e: 3, 1, progress=False,
+              log=lambda line: None)
