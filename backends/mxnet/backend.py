@@ -1,0 +1,243 @@
+"""The MXNet (Gluon) backend: the chapter's MXNet tab, optimising exactly the others' objective.
+
+Three differences from that tab, each so that it trains what the PyTorch tab (and every other
+backend here) trains:
+- Xavier-uniform tables, set from `init_params_numpy` (the tab kept Gluon's default init).
+- `trainer.step(1)`, not `trainer.step(batch_size)`: Gluon's `step(n)` multiplies gradients
+  by 1/n, so the tab optimised the *mean* over the batch while the PyTorch tab optimises the
+  sum (`l.sum().backward()`). Adam is nearly scale-invariant, but not exactly (eps), and the
+  losses would not match.
+- `TorchAdam` below instead of Gluon's 'adam': the same fused `adam_update` kernel with the
+  bias corrections and eps placed as torch.optim.Adam places them.
+The step is one hybridized graph (`model.SkipGramObjective`) with static memory and shapes,
+hence `fixed_shapes = True`: every batch arrives padded to L = 2 * max_window * (1 + K).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
+from backends.mxnet import model
+from common.batching import Batch
+from common.errors import ConfigError, DataError
+
+TABLES = ("center", "context")  # parameter order: Trainer index 0 and 1, as in Params
+
+
+def available_devices() -> list[str]:
+    """The `--device` values MXNet can use here: cpu, then gpu:i (none on the CPU-only wheel)."""
+    try:
+        gpus = mx.context.num_gpus()
+    except mx.base.MXNetError:  # a CUDA build on a machine without a usable driver
+        gpus = 0
+    return ["cpu"] + [f"gpu:{index}" for index in range(gpus)]
+
+
+def mxnet_context(device: str) -> mx.Context:
+    """`--device` -> MXNet context: cpu -> mx.cpu(), gpu or gpu:N -> mx.gpu(N).
+
+    A device this machine lacks raises a one-line DeviceError listing what it has.
+    """
+    kind, index = require_device(device, available_devices())
+    return mx.cpu() if kind == "cpu" else mx.gpu(index)
+
+
+class TorchAdam(mx.optimizer.Optimizer):
+    """torch.optim.Adam (dense) on MXNet's fused `adam_update` kernel.
+
+    MXNet's own Adam folds the bias corrections into the learning rate,
+        lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t),   w -= lr_t * m / (sqrt(v) + eps),
+    which puts eps outside the second bias correction; torch computes
+        w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+    Multiplying torch's numerator and denominator by sqrt(1 - beta2^t) shows that MXNet's
+    update with eps_t = eps * sqrt(1 - beta2^t) is torch's, so that is what `update` passes.
+    `lazy_update=False` and dense states: every row's moments decay at every step (MXNet's
+    lazy update would skip rows absent from a row-sparse gradient).
+
+    The moments are created here and kept by index (0 centre, 1 context), and the step
+    counted here, so that the backend can read and restore them without reaching into the
+    Trainer's private updaters.
+    """
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__(learning_rate=learning_rate)
+        self.beta1, self.beta2 = ADAM_BETAS
+        self.epsilon = ADAM_EPS
+        self.steps: dict[int, int] = {}
+        self.moments: dict[int, tuple[mx.nd.NDArray, mx.nd.NDArray]] = {}
+
+    def create_state(self, index: int, weight: mx.nd.NDArray) -> tuple[mx.nd.NDArray, ...]:
+        """(exp_avg, exp_avg_sq) for parameter `index`: zeros, or what was loaded before."""
+        if index not in self.moments:
+            self.moments[index] = tuple(
+                mx.nd.zeros(weight.shape, weight.context, dtype=weight.dtype) for _ in range(2))
+        return self.moments[index]
+
+    def update(self, index: int, weight: mx.nd.NDArray, grad: mx.nd.NDArray,
+               state: tuple[mx.nd.NDArray, mx.nd.NDArray]) -> None:
+        """One Adam step of `weight` in place (the Updater calls it once per parameter)."""
+        step = self.steps.get(index, 0) + 1
+        self.steps[index] = step
+        bias_correction1 = 1 - self.beta1 ** step
+        bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** step)
+        exp_avg, exp_avg_sq = state
+        mx.nd.adam_update(weight, grad, exp_avg, exp_avg_sq, out=weight,
+                          lr=self._get_lr(index) * bias_correction2_sqrt / bias_correction1,
+                          epsilon=self.epsilon * bias_correction2_sqrt,
+                          beta1=self.beta1, beta2=self.beta2, wd=0.0,
+                          rescale_grad=self.rescale_grad, lazy_update=False)
+
+
+class MXNetBackend(Backend):
+    """MXNet 1.9 Gluon, hybridized, on CPU or CUDA: `--device cpu`, `gpu`, `gpu:N`."""
+
+    name: ClassVar[str] = "mxnet"
+    framework: ClassVar[str] = "mxnet"
+    # A hybridized graph with static_shape is planned for one shape; a new shape re-plans it.
+    fixed_shapes: ClassVar[bool] = True
+
+    def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+        super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
+                         optimizer=optimizer)
+        self.context = mxnet_context(device)
+        if optimizer != "adam":
+            raise ConfigError(f"the mxnet backend offers only --optimizer adam, got {optimizer!r}")
+        self.net = model.SkipGram(vocab_size, embed_size)
+        self.net.initialize(ctx=self.context)  # Xavier, then overwritten by init_params
+        self.objective = model.SkipGramObjective(self.net)
+        # One cached graph for forward + loss + backward; static_alloc keeps its memory
+        # (the (B, L, E) rows and their gradient) from step to step.
+        self.objective.hybridize(static_alloc=True, static_shape=True)
+        self._new_optimizer()
+        self.init_params(seed)
+
+    @property
+    def _parameters(self) -> tuple[gluon.Parameter, gluon.Parameter]:
+        return self.net.center.weight, self.net.context.weight
+
+    def _new_optimizer(self) -> None:
+        """A fresh optimiser (no state, step 0) over both tables, in `TABLES` order."""
+        self._optimizer = TorchAdam(self.lr)
+        # kvstore=None: one device, nothing to reduce; the Updater applies TorchAdam directly.
+        self._trainer = gluon.Trainer(list(self._parameters), self._optimizer, kvstore=None)
+
+    # -- arrays ---------------------------------------------------------------------------
+    def asarray(self, x: np.ndarray) -> mx.np.ndarray:
+        return mx.np.array(x, dtype=np.asarray(x).dtype, ctx=self.context)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.asnumpy()
+
+    def losses_to_numpy(self, losses: list[Any]) -> np.ndarray:
+        """One stack and one copy to the host for all pending 0-d losses (one sync)."""
+        if not losses:
+            return np.zeros(0, dtype=np.float64)
+        return mx.np.stack(losses).asnumpy().astype(np.float64)
+
+    def _batch_arrays(self, batch: Batch) -> tuple[mx.np.ndarray, ...]:
+        """Batch -> (B, 1), (B, L) int32 ids and (B, L) float32 masks, labels on the device."""
+        return (self.asarray(np.asarray(batch.centers, dtype=np.int32)),
+                self.asarray(np.asarray(batch.contexts_negatives, dtype=np.int32)),
+                self.asarray(np.asarray(batch.masks, dtype=np.float32)),
+                self.asarray(np.asarray(batch.labels, dtype=np.float32)))
+
+    # -- the model --------------------------------------------------------------------------
+    def embed(self, table: mx.np.ndarray, ids: mx.np.ndarray) -> mx.np.ndarray:
+        return model.embed(mx.nd, table, ids)
+
+    def skip_gram(self, centers: mx.np.ndarray, contexts_negatives: mx.np.ndarray,
+                  center_table: mx.np.ndarray, context_table: mx.np.ndarray) -> mx.np.ndarray:
+        return model.batch_dots(mx.nd, model.embed(mx.nd, center_table, centers),
+                                model.embed(mx.nd, context_table, contexts_negatives))
+
+    def masked_bce(self, logits: mx.np.ndarray, labels: mx.np.ndarray,
+                   masks: mx.np.ndarray) -> mx.np.ndarray:
+        return self.objective.loss(logits, labels, masks)
+
+    # -- parameters -------------------------------------------------------------------------
+    def _check_shape(self, table: np.ndarray, what: str) -> None:
+        expected = (self.vocab_size, self.embed_size)
+        if np.shape(table) != expected:
+            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
+
+    def get_params(self) -> Params:
+        return Params(*(parameter.data().asnumpy() for parameter in self._parameters))
+
+    def set_params(self, params: Params) -> None:
+        for values in params:
+            self._check_shape(values, "parameter table")
+        for parameter, values in zip(self._parameters, params):
+            parameter.set_data(self.asarray(np.asarray(values, dtype=np.float32)))
+        self._new_optimizer()
+
+    # -- training ---------------------------------------------------------------------------
+    def _forward_backward(self, batch: Batch) -> mx.np.ndarray:
+        """Write both tables' dense gradients for `batch`; return the summed loss (0-d)."""
+        arrays = self._batch_arrays(batch)
+        with autograd.record():
+            loss = self.objective(*arrays)
+        loss.backward()
+        return loss
+
+    def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
+        # The gradient that `train_step` uses, so parity tests check what trains.
+        loss = self._forward_backward(batch)
+        return float(loss.asnumpy()), Params(*(p.grad().asnumpy() for p in self._parameters))
+
+    def train_step(self, batch: Batch) -> mx.np.ndarray:
+        loss = self._forward_backward(batch)
+        # step(1): the objective is already the sum the others optimise; step(batch_size),
+        # as the chapter's MXNet tab calls it, would divide every gradient by B.
+        self._trainer.step(1)
+        return loss  # no asnumpy(): the driver syncs only when it reports
+
+    def optimizer_state(self) -> AdamState:
+        moments = self._optimizer.moments
+        if not moments:  # no step taken since the optimiser was made
+            zeros = Params(*(np.zeros((self.vocab_size, self.embed_size), np.float32)
+                             for _ in TABLES))
+            return AdamState(0, zeros, zeros)
+        return AdamState(self._optimizer.steps.get(0, 0),
+                         Params(*(moments[i][0].asnumpy() for i in range(len(TABLES)))),
+                         Params(*(moments[i][1].asnumpy() for i in range(len(TABLES)))))
+
+    def load_optimizer_state(self, state: AdamState) -> None:
+        for table in (*state.exp_avg, *state.exp_avg_sq):
+            self._check_shape(table, "optimizer state")
+        self._new_optimizer()
+        for index, (exp_avg, exp_avg_sq) in enumerate(zip(state.exp_avg, state.exp_avg_sq)):
+            # The Updater asks `create_state` on its first step and gets these arrays.
+            self._optimizer.moments[index] = tuple(
+                mx.nd.array(np.asarray(values, np.float32), ctx=self.context)
+                for values in (exp_avg, exp_avg_sq))
+            self._optimizer.steps[index] = int(state.step)
+
+    def synchronize(self) -> None:
+        # MXNet's engine is asynchronous on CPU as well: calls return before the work is done.
+        mx.nd.waitall()
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        return available_devices()
+
+    # -- use ------------------------------------------------------------------------------
+    def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The chapter's `get_similar_tokens` for Q queries at once: (Q,) -> (Q, k), (Q, k)."""
+        table = self.net.center.weight.data()                                   # (V, E)
+        ids = self.asarray(np.asarray(query_ids, dtype=np.int32))
+        queries = model.embed(mx.nd, table, ids)                                # (Q, E)
+        norms = (table * table).sum(axis=1)[None, :] * (queries * queries).sum(axis=1)[:, None]
+        cos = mx.np.dot(queries, table.T) / mx.np.sqrt(norms + 1e-9)            # (Q, V)
+        # The chapter takes top k+1 and drops the first, assuming it is the query; masking
+        # the query is exact even when another word ties with it.
+        is_query = mx.npx.one_hot(ids, self.vocab_size) > 0
+        cos = mx.np.where(is_query, -mx.np.inf, cos)
+        values, top = mx.npx.topk(cos, k=min(k, self.vocab_size), axis=1, ret_typ="both",
+                                  dtype="int64")
+        return top.asnumpy(), values.asnumpy()
