@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, tuple[tuple[str, ...], str, str]] = {
     "numpy": (("numpy",), "pip install -e .", "main"),
     "torch": (("torch",), "pip install -e '.[torch]'  (or: make train)", "main"),
+    # jaxlib is a separate distribution that `import jax` loads: it belongs to this backend.
+    "jax": (("jax", "jaxlib", "flax", "optax"), "pip install -e '.[jax]'  (or: make test)",
+            "main"),
+    "tf": (("tensorflow",), "pip install -e '.[tf]'  (or: make test)", "main"),
+    "mxnet": (("mxnet",), "make test builds .venv-mxnet (mxnet 1.9.1 needs numpy<1.24): "
+              "pip install -e '.[mxnet]' there", "mxnet"),
 }
 ALIASES = {"pytorch": "torch", "np": "numpy", "reference": "numpy",
            "tensorflow": "tf", "gluon": "mxnet", "flax": "jax"}

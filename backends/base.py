@@ -15,7 +15,7 @@ Adam follows torch.optim.Adam: lr 0.002, betas (0.9, 0.999), eps 1e-8 added to s
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
@@ -61,6 +61,9 @@ class Backend(abc.ABC):
     # Compiled steps (jit, tf.function) want one shape: every batch padded to the widest row
     # and the last batch to full size (padding rows have mask 0 and count for nothing).
     fixed_shapes: ClassVar[bool] = False
+    # Batches the epoch driver passes to `train_steps` at once; above 1 where running several
+    # steps in one compiled call beats one call per step.
+    steps_per_call: ClassVar[int] = 1
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
@@ -119,6 +122,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def train_step(self, batch: Batch) -> Any:
         """One optimiser step on the summed objective; returns that sum, still on device."""
+
+    def train_steps(self, batches: Sequence[Batch]) -> list[Any]:
+        """`train_step` on each batch in order; returns their losses, still on device.
+
+        The epoch driver hands over up to `steps_per_call` batches at once. A compiled backend
+        may run them in one call (one dispatch, one program): same steps, same results.
+        """
+        return [self.train_step(batch) for batch in batches]
 
     @abc.abstractmethod
     def optimizer_state(self) -> AdamState:

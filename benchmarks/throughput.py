@@ -57,7 +57,7 @@ def measure(backend_name: str, device: str, *, data_path: str | None, repeats: i
     from common.batching import prefetch
     from common.config import TrainConfig
     from common.data import prepare_training_data
-    from common.training import real_examples
+    from common.training import real_examples, step_groups
 
     backend_class = backends.load(backend_name)
     require_device(device, backend_class.devices())
@@ -68,9 +68,11 @@ def measure(backend_name: str, device: str, *, data_path: str | None, repeats: i
                                  log=lambda line: None)
     backend = backend_class(len(data.vocab), embed_size, lr=config.lr, device=device,
                             seed=seed, optimizer=optimizer)
+    # Steps go in groups of `steps_per_call`, as the epoch driver hands them to the backend.
+    group_size = backend_class.steps_per_call
     started = time.perf_counter()
-    for batch in islice(data.batches(0), warmup_steps):
-        backend.train_step(batch)
+    for group in step_groups(islice(data.batches(0), warmup_steps), group_size):
+        backend.train_steps(group)
     backend.synchronize()
     warmup_seconds = time.perf_counter() - started
 
@@ -79,9 +81,9 @@ def measure(backend_name: str, device: str, *, data_path: str | None, repeats: i
         words, losses = 0, []
         backend.synchronize()
         started = time.perf_counter()
-        for batch in prefetch(data.batches(repeat + 1)):
-            losses.append(backend.train_step(batch))
-            words += real_examples(batch)
+        for group in step_groups(prefetch(data.batches(repeat + 1)), group_size):
+            losses.extend(backend.train_steps(group))
+            words += sum(real_examples(batch) for batch in group)
         backend.synchronize()
         seconds = time.perf_counter() - started
         loss = float(backend.losses_to_numpy(losses).sum()) / words
@@ -92,6 +94,7 @@ def measure(backend_name: str, device: str, *, data_path: str | None, repeats: i
         "backend": backend_class.name,
         "framework_version": backend_class.version(),
         "optimizer": optimizer,
+        "steps_per_call": group_size,
         "device": backend.device,
         "cpu": _cpu_model(),
         "threads": os.cpu_count(),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -99,6 +99,23 @@ def real_examples(batch: Batch) -> int:
     return int(np.count_nonzero(batch.masks[:, 0]))
 
 
+def step_groups(batches: Iterable[Batch], size: int,
+                ends_group: Callable[[int], bool] = lambda index: False) -> Iterator[list[Batch]]:
+    """Consecutive batches in lists of at most `size` for `Backend.train_steps`.
+
+    A list also ends after batch `index` (counted from 0) when `ends_group(index)`, so that the
+    driver can read the losses at its report points; the last list may be short.
+    """
+    group: list[Batch] = []
+    for index, batch in enumerate(batches):
+        group.append(batch)
+        if len(group) >= size or ends_group(index):
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def _progress(total: int, description: str, enabled: bool | None) -> Any:
     from tqdm import tqdm  # imported here: only the CLI path needs it
 
@@ -113,7 +130,7 @@ def train(backend: Any, epoch_batches: Callable[[int], Iterable[Batch]],
           log: Callable[[str], None] = print,
           on_epoch_end: Callable[[EpochReport, TrainResult], None] | None = None,
           result: TrainResult | None = None) -> TrainResult:
-    """Run `epochs` epochs of `backend.train_step` over `epoch_batches(epoch)`.
+    """Run `epochs` epochs of `backend.train_steps` over `epoch_batches(epoch)`.
 
     `epoch_batches(epoch)` yields the epoch's batches (shuffled, possibly re-sampled);
     `batches_per_epoch(epoch)` is their count, for the progress bar and the report points.
@@ -125,14 +142,21 @@ def train(backend: Any, epoch_batches: Callable[[int], Iterable[Batch]],
         report_every = max(total_batches // REPORTS_PER_EPOCH, 1)
         pending: list[Any] = []
         epoch_loss_sum, epoch_examples, pending_examples = 0.0, 0, 0
+
+        def is_report_point(index: int) -> bool:
+            return (index + 1) % report_every == 0 or index + 1 == total_batches
+
         bar = _progress(total_batches, f"epoch {epoch + 1}/{epochs}", progress)
         backend.synchronize()
         started = time.perf_counter()
-        for index, batch in enumerate(epoch_batches(epoch)):
-            pending.append(backend.train_step(batch))
-            pending_examples += real_examples(batch)
-            bar.update(1)
-            if (index + 1) % report_every == 0 or index + 1 == total_batches:
+        index = -1  # of the last batch trained
+        for group in step_groups(epoch_batches(epoch), backend.steps_per_call,
+                                 is_report_point):
+            pending.extend(backend.train_steps(group))
+            pending_examples += sum(real_examples(batch) for batch in group)
+            index += len(group)
+            bar.update(len(group))
+            if is_report_point(index):
                 losses = backend.losses_to_numpy(pending)  # the only sync point
                 epoch_loss_sum += float(losses.sum())
                 epoch_examples += pending_examples

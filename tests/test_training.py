@@ -14,12 +14,18 @@ class _ScriptedBackend:
 
     device = "cpu"
 
-    def __init__(self, losses_per_row: list[float]) -> None:
+    def __init__(self, losses_per_row: list[float], steps_per_call: int = 1) -> None:
         self.losses_per_row = iter(losses_per_row)
         self.synced = 0
+        self.steps_per_call = steps_per_call
+        self.group_sizes: list[int] = []
 
     def train_step(self, batch: Batch) -> float:
         return next(self.losses_per_row) * int(np.count_nonzero(batch.masks[:, 0]))
+
+    def train_steps(self, batches: list[Batch]) -> list[float]:
+        self.group_sizes.append(len(batches))
+        return [self.train_step(batch) for batch in batches]
 
     def losses_to_numpy(self, losses: list[float]) -> np.ndarray:
         return np.asarray(losses, dtype=np.float64)
@@ -47,6 +53,20 @@ def test_losses_are_means_over_real_examples_and_all_epochs():
     assert len(result.curve) == 10  # five report points per epoch, as the chapter plots
     assert result.curve[4]["epoch"] == pytest.approx(1.0)
     assert result.curve[-1]["epoch"] == pytest.approx(2.0)
+
+
+def test_grouped_steps_end_at_report_points_and_change_no_figure():
+    # 23 batches: a report every 4 batches and after the last; groups of up to 3 steps.
+    losses = list(np.linspace(1.0, 0.2, 23))
+    batches = [_batch(4, 4)] * 22 + [_batch(4, 3)]
+    one_by_one = train(_ScriptedBackend(losses), lambda e: iter(batches), lambda e: 23, 1,
+                       progress=False, log=lambda line: None)
+    grouped_backend = _ScriptedBackend(losses, steps_per_call=3)
+    grouped = train(grouped_backend, lambda e: iter(batches), lambda e: 23, 1,
+                    progress=False, log=lambda line: None)
+    assert grouped_backend.group_sizes == [3, 1] * 5 + [3]
+    assert grouped.curve == one_by_one.curve
+    assert grouped.epochs[0].mean_loss == one_by_one.epochs[0].mean_loss
 
 
 def test_chapter_formula_overstates_speed_by_the_epoch_count():
