@@ -1,0 +1,187 @@
+"""Every framework backend against the NumPy reference (`backends/numpy`), through the interface.
+
+A backend joins these tests by being registered: `framework_backend` runs each one that is
+installed here. Tolerances are float32's: the backends sum in different orders.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backends
+from backends.base import Backend, Params, init_params_numpy
+from common.batching import Batch
+from common.errors import DeviceError
+
+VOCAB, EMBED = 40, 6
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def make_batch(rng: np.random.Generator, batch_size: int = 12, *,
+               all_padding_row: bool = False) -> Batch:
+    """Random chapter-style batch: n_ctx contexts then 5 noise words per context, then padding.
+
+    A small vocabulary makes ids repeat within and across rows (the gradient must sum them).
+    """
+    num_contexts = rng.integers(1, 4, size=batch_size)
+    if all_padding_row:
+        num_contexts[-1] = 0  # as fixed-shape backends pad the last batch
+    lengths = 6 * num_contexts
+    slots = int(lengths.max())
+    position = np.arange(slots)[None, :]
+    masks = (position < lengths[:, None]).astype(np.float32)
+    labels = (position < num_contexts[:, None]).astype(np.float32)
+    ids = rng.integers(0, VOCAB, size=(batch_size, slots)).astype(np.int32)
+    ids[masks == 0] = 0
+    centers = rng.integers(0, VOCAB, size=(batch_size, 1)).astype(np.int32)
+    return Batch(centers, ids, masks, labels)
+
+
+def pair(name: str, seed: int = 0) -> tuple[Backend, Backend]:
+    """(framework backend, NumPy reference), both at init_params(seed)."""
+    return backends.load(name)(VOCAB, EMBED, seed=seed), backends.load("numpy")(VOCAB, EMBED,
+                                                                                seed=seed)
+
+
+def assert_params_close(actual: Params, expected: Params, **tolerance: float) -> None:
+    for got, want, table in zip(actual, expected, Params._fields):
+        np.testing.assert_allclose(got, want, err_msg=table, **tolerance)
+
+
+# -- the chapter's numbers and shapes --------------------------------------------------------
+def test_masked_loss_gives_the_chapters_numbers(framework_backend):
+    backend = backends.load(framework_backend)(20, 4)
+    pred = np.array([[1.1, -2.2, 3.3, -4.4]] * 2, np.float32)
+    label = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
+    loss = backend.to_numpy(backend.masked_bce(*map(backend.asarray, (pred, label, mask))))
+    assert loss.shape == (2,)
+    np.testing.assert_allclose(loss * mask.shape[1] / mask.sum(axis=1), [0.9352, 1.8462],
+                               atol=1e-4)
+    reference = backends.load("numpy")(20, 4).masked_bce(pred, label, mask)
+    np.testing.assert_allclose(loss, reference, rtol=RTOL)
+
+
+def test_embed_and_skip_gram_shapes_as_in_the_chapter(framework_backend):
+    backend = backends.load(framework_backend)(20, 4)
+    table = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    ids = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    embedded = backend.to_numpy(backend.embed(backend.asarray(table), backend.asarray(ids)))
+    assert embedded.shape == (2, 3, 4)
+    np.testing.assert_array_equal(embedded, table[ids])
+
+    ones_center = backend.asarray(np.ones((2, 1), np.int32))
+    ones_context = backend.asarray(np.ones((2, 4), np.int32))
+    device_table = backend.asarray(table)
+    pred = backend.to_numpy(backend.skip_gram(ones_center, ones_context, device_table,
+                                              device_table))
+    assert pred.shape == (2, 1, 4)
+    np.testing.assert_allclose(pred, np.full((2, 1, 4), table[1] @ table[1]), rtol=RTOL)
+
+
+# -- the building blocks on seeded inputs ----------------------------------------------------
+def test_embed_skip_gram_and_masked_bce_match_numpy(framework_backend):
+    backend, reference = pair(framework_backend)
+    rng = np.random.default_rng(1)
+    center_table, context_table = init_params_numpy(VOCAB, EMBED, seed=3)
+    batch = make_batch(rng)
+    arrays = {name: backend.asarray(value) for name, value in batch._asdict().items()}
+
+    embedded = backend.embed(backend.asarray(context_table), arrays["contexts_negatives"])
+    np.testing.assert_array_equal(backend.to_numpy(embedded),
+                                  reference.embed(context_table, batch.contexts_negatives))
+
+    pred = backend.skip_gram(arrays["centers"], arrays["contexts_negatives"],
+                             backend.asarray(center_table), backend.asarray(context_table))
+    expected = reference.skip_gram(batch.centers, batch.contexts_negatives, center_table,
+                                   context_table)
+    np.testing.assert_allclose(backend.to_numpy(pred), expected, rtol=RTOL, atol=ATOL)
+
+    logits = rng.normal(0, 3, size=batch.masks.shape).astype(np.float32)
+    loss = backend.masked_bce(backend.asarray(logits), arrays["labels"], arrays["masks"])
+    np.testing.assert_allclose(backend.to_numpy(loss),
+                               reference.masked_bce(logits, batch.labels, batch.masks),
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_init_params_are_the_same_in_every_backend(framework_backend):
+    backend, reference = pair(framework_backend, seed=7)
+    assert_params_close(backend.get_params(), reference.get_params(), rtol=0, atol=0)
+    backend.init_params(11)
+    assert_params_close(backend.get_params(), init_params_numpy(VOCAB, EMBED, 11),
+                        rtol=0, atol=0)
+
+
+# -- gradients and training ------------------------------------------------------------------
+def test_loss_and_grads_match_numpy(framework_backend):
+    backend, reference = pair(framework_backend, seed=2)
+    batch = make_batch(np.random.default_rng(2), all_padding_row=True)
+    loss, grads = backend.loss_and_grads(batch)
+    expected_loss, expected_grads = reference.loss_and_grads(batch)
+    assert loss == pytest.approx(expected_loss, rel=RTOL)
+    assert_params_close(grads, expected_grads, rtol=RTOL, atol=ATOL)
+    # Untouched rows have an exactly zero gradient, which dense Adam still decays.
+    touched = np.union1d(batch.centers, batch.contexts_negatives)
+    untouched = np.setdiff1d(np.arange(VOCAB), touched)
+    assert untouched.size and not np.any(grads.context[untouched])
+
+
+def test_train_steps_match_numpy(framework_backend):
+    backend, reference = pair(framework_backend, seed=4)
+    rng = np.random.default_rng(4)
+    batches = [make_batch(rng), make_batch(rng, batch_size=7), make_batch(rng)]
+    losses = [backend.train_step(batch) for batch in batches]
+    expected = [reference.train_step(batch) for batch in batches]
+    np.testing.assert_allclose(backend.losses_to_numpy(losses),
+                               reference.losses_to_numpy(expected), rtol=RTOL)
+    assert_params_close(backend.get_params(), reference.get_params(), rtol=RTOL, atol=ATOL)
+    assert backend.optimizer_state().step == 3
+
+
+def test_optimizer_state_round_trip_resumes_exactly(framework_backend):
+    backend, reference = pair(framework_backend, seed=5)
+    rng = np.random.default_rng(5)
+    first, second, third = make_batch(rng), make_batch(rng), make_batch(rng)
+    reference.train_step(first)
+    reference.train_step(second)
+    saved = reference.optimizer_state()
+
+    backend.train_step(third)  # state to be replaced, so the load must overwrite, not merge
+    backend.set_params(reference.get_params())
+    assert backend.optimizer_state().step == 0  # set_params resets the optimiser
+    backend.load_optimizer_state(saved)
+    loaded = backend.optimizer_state()
+    assert loaded.step == 2
+    assert_params_close(loaded.exp_avg, saved.exp_avg, rtol=0, atol=0)
+    assert_params_close(loaded.exp_avg_sq, saved.exp_avg_sq, rtol=0, atol=0)
+
+    loss = backend.to_numpy(backend.train_step(third))
+    expected_loss = reference.train_step(third)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=RTOL)
+    assert_params_close(backend.get_params(), reference.get_params(), rtol=RTOL, atol=ATOL)
+    after, expected_after = backend.optimizer_state(), reference.optimizer_state()
+    assert after.step == expected_after.step == 3
+    assert_params_close(after.exp_avg, expected_after.exp_avg, rtol=RTOL, atol=ATOL)
+    assert_params_close(after.exp_avg_sq, expected_after.exp_avg_sq, rtol=RTOL, atol=1e-9)
+
+
+# -- use -------------------------------------------------------------------------------------
+def test_similar_agrees_with_numpy(framework_backend):
+    backend, reference = pair(framework_backend, seed=6)
+    queries = np.array([0, 5, 17, 39])
+    top, sims = backend.similar(queries, 5)
+    expected_top, expected_sims = reference.similar(queries, 5)
+    assert top.shape == sims.shape == (4, 5)
+    np.testing.assert_array_equal(top, expected_top)
+    np.testing.assert_allclose(sims, expected_sims, rtol=RTOL, atol=ATOL)
+    assert not np.any(top == queries[:, None])  # the query itself is left out
+
+
+def test_a_missing_device_is_one_line_listing_what_exists(framework_backend):
+    backend_class = backends.load(framework_backend)
+    with pytest.raises(DeviceError) as error:
+        backend_class(VOCAB, EMBED, device="gpu:7")
+    message = str(error.value)
+    assert "\n" not in message and "gpu:7" in message
+    for device in backend_class.devices():
+        assert device in message
