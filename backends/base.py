@@ -114,6 +114,14 @@ class Backend(abc.ABC):
     def set_params(self, params: Params) -> None:
         """Replace both tables and reset the optimiser."""
 
+    def _check_shape(self, table: np.ndarray, what: str) -> None:
+        """Refuse a table of another shape in one line (say, a checkpoint of another run)."""
+        from common.errors import DataError
+
+        expected = (self.vocab_size, self.embed_size)
+        if np.shape(table) != expected:
+            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
+
     # -- training ---------------------------------------------------------------------------
     @abc.abstractmethod
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:

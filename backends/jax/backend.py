@@ -24,7 +24,7 @@ from flax import nnx
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
 from backends.jax import model
 from common.batching import Batch
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 
 # The parameter pytree: SkipGramModel's parameters as `nnx.to_pure_dict` writes them,
 # {"center": {"embedding": (V, E)}, "context": {"embedding": (V, E)}}. Plain dicts flatten in
@@ -209,10 +209,6 @@ class JaxBackend(Backend):
         return model.masked_bce(logits, labels, masks)
 
     # -- parameters -------------------------------------------------------------------------
-    def _check_shape(self, table: np.ndarray, what: str) -> None:
-        expected = (self.vocab_size, self.embed_size)
-        if np.shape(table) != expected:
-            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
 
     @staticmethod
     def _to_host(pytree: Tables) -> Params:

@@ -24,7 +24,7 @@ from mxnet import autograd, gluon
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
 from backends.mxnet import model
 from common.batching import Batch
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 
 TABLES = ("center", "context")  # parameter order: Trainer index 0 and 1, as in Params
 
@@ -161,10 +161,6 @@ class MXNetBackend(Backend):
         return self.objective.loss(logits, labels, masks)
 
     # -- parameters -------------------------------------------------------------------------
-    def _check_shape(self, table: np.ndarray, what: str) -> None:
-        expected = (self.vocab_size, self.embed_size)
-        if np.shape(table) != expected:
-            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
 
     def get_params(self) -> Params:
         return Params(*(parameter.data().asnumpy() for parameter in self._parameters))

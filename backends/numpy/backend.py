@@ -12,7 +12,7 @@ import numpy as np
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
 from backends.numpy import model
 from common.batching import Batch
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 
 DTYPE = np.float32
 
@@ -68,10 +68,6 @@ class NumpyBackend(Backend):
             self._params[index] = table
         self._reset_optimizer()
 
-    def _check_shape(self, table: np.ndarray, what: str) -> None:
-        expected = self._params.shape[1:]
-        if np.shape(table) != expected:
-            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
 
     def _reset_optimizer(self) -> None:
         self._step = 0

@@ -31,7 +31,7 @@ import tensorflow as tf
 from backends.base import AdamState, Backend, Params, require_device
 from backends.tf import model, quiet_native_logs
 from common.batching import Batch
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sparse_adam")
 
@@ -144,10 +144,6 @@ class TFBackend(Backend):
         return model.masked_bce(logits, labels, masks)
 
     # -- parameters -------------------------------------------------------------------------
-    def _check_shape(self, table: np.ndarray, what: str) -> None:
-        expected = (self.vocab_size, self.embed_size)
-        if np.shape(table) != expected:
-            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
 
     def get_params(self) -> Params:
         # .numpy() of a CPU variable may share its buffer; the copy keeps training out of it.

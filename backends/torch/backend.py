@@ -23,7 +23,7 @@ import torch
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
 from backends.torch import model
 from common.batching import Batch
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sparse_adam")
 
@@ -108,10 +108,6 @@ class TorchBackend(Backend):
         return model.masked_bce(logits, labels, masks)
 
     # -- parameters -------------------------------------------------------------------------
-    def _check_shape(self, table: np.ndarray, what: str) -> None:
-        expected = (self.vocab_size, self.embed_size)
-        if np.shape(table) != expected:
-            raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
 
     def get_params(self) -> Params:
         return Params(*(_host_copy(table) for table in self._tables))
