@@ -53,7 +53,8 @@ def _latest_rows() -> list[dict]:
         for line in JSONL.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
-                key = (row["backend"], row["optimizer"], row["device"], row["batch_size"],
+                key = (row["backend"], row["framework_version"], row["optimizer"], row["device"],
+                       row["batch_size"],
                        row["embed_size"])
                 rows[key] = row
     return sorted(rows.values(), key=lambda r: (r["device"], -r["centre_words_per_second"]))
@@ -93,7 +94,7 @@ def render() -> None:
                                 squeeze=False)
     for axis, device in zip(axes[0], devices):
         chosen = [r for r in rows if r["device"] == device]
-        labels = [f"{r['backend']}\n{r['optimizer']}" for r in chosen]
+        labels = [f"{r['backend']} {r['framework_version']}\n{r['optimizer']}" for r in chosen]
         values = [r["centre_words_per_second"] for r in chosen]
         errors = [[v - r["centre_words_per_second_min"] for v, r in zip(values, chosen)],
                   [r["centre_words_per_second_max"] - v for v, r in zip(values, chosen)]]
