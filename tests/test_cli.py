@@ -146,3 +146,36 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "w2v: error: --epochs must be a positive integer, got -3"
     assert "Traceback" not in done.stderr
+
+
+def test_backend_not_installed_names_the_install_command(tmp_path, capsys, monkeypatch):
+    import backends
+
+    real_missing = backends.missing
+    monkeypatch.setattr(backends, "missing", lambda name: (
+        "backend 'torch' needs torch, which is not installed: pip install -e '.[torch]'"
+        if backends.canonical(name) == "torch" else real_missing(name)))
+    code = main(["train", "--backend", "pytorch", "--corpus", str(_corpus(tmp_path)),
+                 "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "pip install -e '.[torch]'" in _error_line(capsys)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_corpus_without_pairs_is_one_line(tmp_path, capsys):
+    lonely = tmp_path / "lonely.txt"
+    lonely.write_text("alpha\nbeta\ngamma\n", encoding="utf-8")  # one-word sentences only
+    code = main(["train", "--backend", "numpy", "--corpus", str(lonely), "--min-freq", "1",
+                 "--out", str(tmp_path / "r")])
+    assert code != 0
+    assert "yields no centre/context pair" in _error_line(capsys)
+
+
+def test_resample_mode_trains_and_differs_from_static(tmp_path, capsys):
+    code, run = _train(tmp_path, "--sampling", "resample")
+    assert code == 0
+    resampled = json.loads((run / "report.json").read_text())["all_epochs_mean_loss"]
+    code, run = _train(tmp_path, "--overwrite")
+    assert code == 0
+    static = json.loads((run / "report.json").read_text())["all_epochs_mean_loss"]
+    assert resampled != static and abs(resampled - static) < 0.1
