@@ -113,10 +113,3 @@ def load_checkpoint(run: Path) -> Checkpoint:
 def save_report(run: Path, report: dict[str, Any]) -> None:
     write_json(run / REPORT, report)
 
-
-def checkpoint_path(run: Path) -> Path:
-    return run / CHECKPOINT
-
-
-__all__ = ["Checkpoint", "prepare_output", "open_run", "save_config", "load_config",
-           "save_metrics", "save_checkpoint", "load_checkpoint", "save_report", "atomic_path"]
