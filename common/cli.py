@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--skip-unknown", action="store_true",
                          help="report unknown words on stderr instead of failing")
 
+    evaluate = commands.add_parser("evaluate", help="WordSim353, SimLex-999 and analogies")
+    evaluate.add_argument("--run", required=True, help="a run folder made by `w2v train`")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    analogy = commands.add_parser("analogy", help="a is to b as c is to ? (b - a + c)")
+    analogy.add_argument("words", nargs=3, metavar=("A", "B", "C"))
+    analogy.add_argument("-k", type=int, default=3, help="answers to show (default: 3)")
+    analogy.add_argument("--run", required=True, help="a run folder made by `w2v train`")
+
     commands.add_parser("backends", help="list backends, installed or not, with devices")
     return parser
 
@@ -135,6 +144,14 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "
           f"chapter's formula (all epochs' words / last epoch's time) would print "
           f"{result.chapter_tokens_per_second:,.1f}")
+    from common.embeddings import load_word2vec
+    from common.evaluate import evaluate, format_results
+    from common.io import write_json
+
+    evaluation = evaluate(load_word2vec(run / runs.VECTORS))
+    write_json(run / "evaluation.json", evaluation)
+    for line in format_results(evaluation):
+        print(f"  {line}")
     known = [w for w in args.query if vocab.token_to_idx.get(w, 0) > 0]
     if known:
         ids = np.asarray([vocab.token_to_idx[w] for w in known])
@@ -188,6 +205,50 @@ def command_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_vectors(run_arg: str) -> tuple[Any, Any, Path]:
+    """A run's exported vectors (gensim KeyedVectors) and vocabulary."""
+    from common import runs
+    from common.embeddings import load_word2vec
+    from common.errors import DataError
+    from common.vocab import Vocab
+
+    run = runs.open_run(run_arg)
+    if not (run / runs.VECTORS).is_file():
+        raise DataError(f"{run} has no {runs.VECTORS} yet: let its training finish")
+    return load_word2vec(run / runs.VECTORS), Vocab.load(run / runs.VOCAB), run
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from common.evaluate import evaluate, format_results
+    from common.io import write_json
+
+    keyed, _, run = _run_vectors(args.run)
+    results = evaluate(keyed)
+    write_json(run / "evaluation.json", results)
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    else:
+        for line in format_results(results):
+            print(line)
+    return 0
+
+
+def command_analogy(args: argparse.Namespace) -> int:
+    from common.embeddings import lookup
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be a positive integer, got {args.k}")
+    keyed, vocab, _ = _run_vectors(args.run)
+    first, second, third = args.words
+    lookup(args.words, vocab.token_to_idx)  # unknown words: one line with near spellings
+    for word, similarity in keyed.most_similar(positive=[second, third], negative=[first],
+                                               topn=args.k):
+        print(f"cosine sim={similarity:.3f}: {word}")
+    return 0
+
+
 def command_backends(args: argparse.Namespace) -> int:
     import backends
 
@@ -210,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"train": command_train, "similar": command_similar,
+                   "evaluate": command_evaluate, "analogy": command_analogy,
                    "backends": command_backends}[args.command]
         return handler(args)
     except W2VError as error:

@@ -7,6 +7,7 @@
     vocab.tsv        token<TAB>count, in index order (<unk> = 0)
     checkpoint.npz   parameters + Adam state + epochs done
     report.json      the closing figures
+    evaluation.json  WordSim353, SimLex-999 and analogy scores with coverage
 
 Every file is replaced atomically, so an interrupted run leaves the previous complete files.
 """
