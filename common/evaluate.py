@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,11 @@ def word_pairs(keyed: Any, path: str | Path) -> dict[str, float]:
     logging.getLogger("gensim").setLevel(logging.WARNING)  # gensim logs every OOV pair at INFO
     total = _count_lines(path, "#")
     try:
-        pearson, spearman, oov_percent = keyed.evaluate_word_pairs(str(path))
+        with warnings.catch_warnings():
+            # With one or two covered pairs the correlation is undefined: scipy warns and
+            # returns nan, which is what we report; the warning would only be noise.
+            warnings.simplefilter("ignore")
+            pearson, spearman, oov_percent = keyed.evaluate_word_pairs(str(path))
     except ValueError:  # gensim refuses when no pair is in the vocabulary: nothing to rank
         return {"spearman": float("nan"), "pearson": float("nan"), "covered": 0, "total": total}
     covered = round(total * (1 - oov_percent / 100))
