@@ -132,7 +132,7 @@ def command_train(args: argparse.Namespace) -> int:
                    config.epochs, progress=False if args.no_progress else None,
                    on_epoch_end=on_epoch_end)
     params = backend.get_params()
-    export_word2vec(run / runs.VECTORS, vocab.idx_to_token, params.center)
+    keyed = export_word2vec(run / runs.VECTORS, vocab.idx_to_token, params.center)
     report = result.to_dict()
     report.update(backend=backend_class.name, corpus=data.corpus_name,
                   framework_version=backend_class.version())
@@ -144,11 +144,10 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "
           f"chapter's formula (all epochs' words / last epoch's time) would print "
           f"{result.chapter_tokens_per_second:,.1f}")
-    from common.embeddings import load_word2vec
     from common.evaluate import evaluate, format_results
     from common.io import write_json
 
-    evaluation = evaluate(load_word2vec(run / runs.VECTORS))
+    evaluation = evaluate(keyed)
     write_json(run / "evaluation.json", evaluation)
     for line in format_results(evaluation):
         print(f"  {line}")

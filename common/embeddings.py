@@ -32,8 +32,10 @@ def format_similar(tokens: Sequence[str], ids: np.ndarray, sims: np.ndarray) -> 
 
 
 def export_word2vec(destination: str | Path, tokens: Sequence[str], vectors: np.ndarray,
-                    *, binary: bool = False) -> Path:
+                    *, binary: bool = False) -> Any:
     """Write vectors in word2vec format (text by default), atomically, via gensim.
+
+    Returns the gensim `KeyedVectors` it wrote, so callers can evaluate without re-reading.
 
     `<unk>` is left out: it is not a word, and gensim readers would treat it as one.
     """
@@ -46,7 +48,7 @@ def export_word2vec(destination: str | Path, tokens: Sequence[str], vectors: np.
     keyed.expandos["count"] = np.arange(len(keep), 0, -1, dtype=np.int64)
     with atomic_path(destination) as temporary:
         keyed.save_word2vec_format(str(temporary), binary=binary)
-    return Path(destination)
+    return keyed
 
 
 def load_word2vec(path: str | Path, *, binary: bool = False) -> Any:

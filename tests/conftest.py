@@ -61,6 +61,23 @@ def framework_backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def tiny_corpus(tmp_path: Path) -> Path:
+    """A small text corpus with clear topics: 400 sentences, 3,200 centre words at t=1.
+
+    3,200 is no multiple of 60 or 64, so small batch sizes leave a short last batch to pad.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    topics = [["chip", "intel", "processor", "computer", "memory"],
+              ["bank", "money", "loan", "credit", "interest"],
+              ["president", "election", "vote", "senate", "party"]]
+    lines = [" ".join(rng.choice(topics[rng.integers(3)], size=8)) for _ in range(400)]
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def ptb_data() -> Path:
     """The real PTB zip from `W2V_PTB` (CI points it at the shared copy)."""

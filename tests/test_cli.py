@@ -7,30 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from common.cli import main
-
-
-def _corpus(tmp_path: Path) -> Path:
-    """A small deterministic corpus with clear co-occurrence structure."""
-    rng = np.random.default_rng(0)
-    topics = [["chip", "intel", "processor", "computer", "memory"],
-              ["bank", "money", "loan", "credit", "interest"],
-              ["president", "election", "vote", "senate", "party"]]
-    lines = []
-    for _ in range(400):
-        words = topics[rng.integers(3)]
-        lines.append(" ".join(rng.choice(words, size=8)))
-    path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from conftest import tiny_corpus
 
 
 def _train(tmp_path: Path, *extra: str, backend: str = "numpy") -> tuple[int, Path]:
     run = tmp_path / "run"
-    code = main(["train", "--backend", backend, "--corpus", str(_corpus(tmp_path)),
+    code = main(["train", "--backend", backend, "--corpus", str(tiny_corpus(tmp_path)),
                  "--min-freq", "1", "--epochs", "2", "--batch-size", "64", "--embed-size", "16",
                  "--subsample-t", "1", "--out", str(run), "--no-progress", *extra])
     return code, run
@@ -124,7 +109,7 @@ def test_missing_corpus_file_is_one_line(tmp_path, capsys):
 
 def test_backend_flag_reads_environment_and_aliases(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("W2V_BACKEND", "theano")
-    code = main(["train", "--corpus", str(_corpus(tmp_path)), "--out", str(tmp_path / "r")])
+    code = main(["train", "--corpus", str(tiny_corpus(tmp_path)), "--out", str(tmp_path / "r")])
     assert code == 2 and "unknown backend 'theano'" in _error_line(capsys)
 
 
@@ -155,7 +140,7 @@ def test_backend_not_installed_names_the_install_command(tmp_path, capsys, monke
     monkeypatch.setattr(backends, "missing", lambda name: (
         "backend 'torch' needs torch, which is not installed: pip install -e '.[torch]'"
         if backends.canonical(name) == "torch" else real_missing(name)))
-    code = main(["train", "--backend", "pytorch", "--corpus", str(_corpus(tmp_path)),
+    code = main(["train", "--backend", "pytorch", "--corpus", str(tiny_corpus(tmp_path)),
                  "--out", str(tmp_path / "r")])
     assert code == 2
     assert "pip install -e '.[torch]'" in _error_line(capsys)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_backend
+from conftest import require_backend, tiny_corpus
 from test_parity import EMBED, VOCAB, assert_params_close, make_batch
 
 import backends
@@ -33,16 +33,6 @@ def _tf_backend() -> None:
 
 def backend(**options: object):
     return backends.load("tf")(VOCAB, EMBED, seed=3, **options)
-
-
-def tiny_corpus(tmp_path: Path) -> Path:
-    """3200 centre words: batches of 60 leave a short last batch to pad."""
-    rng = np.random.default_rng(0)
-    words = ["chip", "intel", "bank", "money", "vote", "party", "loan", "memory"]
-    path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(" ".join(rng.choice(words, size=8)) for _ in range(400)) + "\n",
-                    encoding="utf-8")
-    return path
 
 
 # -- compilation -----------------------------------------------------------------------------
