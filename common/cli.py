@@ -24,19 +24,37 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, the chapter's value as default (exercise 1)."""
+    """One flag per TrainConfig field, the chapter's value as default (exercise 1).
+
+    Flags default to None so that `--resume` can tell which ones were given; the config's
+    own defaults fill the rest (`_train_config`).
+    """
     defaults = TrainConfig()
     for field in config_module.fields():
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        if field.name == "backend":
-            default = os.environ.get("W2V_BACKEND", default)
         kind = field.type if isinstance(field.type, type) else \
             {"int": int, "float": float, "str": str}.get(str(field.type), str)
         help_text = field.metadata.get("help", "")
         extra = {k: v for k, v in field.metadata.items() if k != "help"}
-        parser.add_argument(flag, dest=field.name, type=kind, default=default,
+        parser.add_argument(flag, dest=field.name, type=kind, default=None,
                             help=f"{help_text} (default: {default})", **extra)
+
+
+# What `--resume` may change: how long to train and where; the rest is the run's own.
+RESUME_OVERRIDES = ("epochs", "backend", "device")
+
+
+def _given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in config_module.fields()
+            if getattr(args, f.name) is not None}
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The flags given, the environment's backend, then the chapter's defaults."""
+    values = _given_flags(args)
+    values.setdefault("backend", os.environ.get("W2V_BACKEND", TrainConfig.backend))
+    return TrainConfig(**values).validate()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--query", nargs="*", default=["chip", "intel", "money", "president"],
                        help="words whose neighbours the report shows (those in the vocabulary)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--resume", metavar="RUN", default=None,
+                       help="continue an interrupted run from its checkpoint (exactly where it "
+                            "stopped); may raise --epochs, change --backend/--device")
 
     similar = commands.add_parser("similar", help="nearest words by cosine similarity")
     similar.add_argument("words", nargs="+", help="query word(s)")
@@ -75,94 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_backend(name: str, device: str) -> Any:
-    """Name -> Backend class, with the device checked before any data is read."""
-    import backends
-    from backends.base import require_device
-
-    backend_class = backends.load(name)
-    require_device(device, backend_class.devices())
-    return backend_class
-
-
 def command_train(args: argparse.Namespace) -> int:
-    import numpy as np
+    from common.session import resume_run, train_run
 
-    from common import runs
-    from common.batching import prefetch
-    from common.data import prepare_training_data
-    from common.embeddings import export_word2vec, format_similar
-    from common.plotting import plot_loss
-    from common.training import train
-
-    import backends
-
-    values = {f.name: getattr(args, f.name) for f in config_module.fields()}
-    config = TrainConfig(**values).validate()
-    config.backend = backends.canonical(config.backend)
-    backend_class = _resolve_backend(config.backend, config.device)
-    run = runs.prepare_output(args.out or f"runs/{config.backend}", overwrite=args.overwrite)
-
-    data = prepare_training_data(config, fixed_shapes=backend_class.fixed_shapes, log=print)
-    vocab = data.vocab
-    print(f"corpus {data.corpus_name}: {data.num_sentences:,} sentences, vocabulary "
-          f"{len(vocab):,}, {data.num_examples(0):,} centre words per epoch "
-          f"({config.sampling} sampling)")
-    backend = backend_class(len(vocab), config.embed_size, lr=config.lr, device=config.device,
-                            seed=config.seed, optimizer=config.optimizer)
-    backend.init_params(config.seed)
-    runs.save_config(run, config)
-    vocab.save(run / runs.VOCAB)
-    print(f"training with {backend_class.name} {backend_class.version()} on {backend.device}, "
-          f"writing {run}")
-
-    def on_epoch_end(report, result) -> None:  # noqa: ANN001
-        params = backend.get_params()
-        state = backend.optimizer_state()
-        runs.save_checkpoint(run, runs.Checkpoint(
-            params.center, params.context, state.step, tuple(state.exp_avg),
-            tuple(state.exp_avg_sq), report.epoch))
-        runs.save_metrics(run, [dict(p, kind="point") for p in result.curve] +
-                          [dict(epoch=e.epoch, loss=e.mean_loss, centre_words=e.centre_words,
-                                seconds=e.seconds, kind="epoch") for e in result.epochs])
-        plot_loss(result.curve, run / runs.PLOT, epochs=config.epochs,
-                  title=f"{backend_class.name}, {data.corpus_name}")
-
-    result = train(backend, lambda epoch: prefetch(data.batches(epoch)), data.num_batches,
-                   config.epochs, progress=False if args.no_progress else None,
-                   on_epoch_end=on_epoch_end)
-    params = backend.get_params()
-    keyed = export_word2vec(run / runs.VECTORS, vocab.idx_to_token, params.center)
-    report = result.to_dict()
-    report.update(backend=backend_class.name, corpus=data.corpus_name,
-                  framework_version=backend_class.version())
-    runs.save_report(run, report)
-
-    print(result.summary_line())
-    print(f"  all-epoch mean loss {result.all_epochs_mean_loss:.3f} (the chapter's printed "
-          f"figure, 0.410 on PTB); last epoch {result.last_epoch_mean_loss:.3f}")
-    print(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "
-          f"chapter's formula (all epochs' words / last epoch's time) would print "
-          f"{result.chapter_tokens_per_second:,.1f}")
-    from common.evaluate import evaluate, format_results
-    from common.io import write_json
-
-    evaluation = evaluate(keyed)
-    write_json(run / "evaluation.json", evaluation)
-    for line in format_results(evaluation):
-        print(f"  {line}")
-    known = [w for w in args.query if vocab.token_to_idx.get(w, 0) > 0]
-    if known:
-        ids = np.asarray([vocab.token_to_idx[w] for w in known])
-        top, sims = backend.similar(ids, 3)
-        for word, row_ids, row_sims in zip(known, top, sims):
-            print(f"{word}: " + "; ".join(format_similar(vocab.idx_to_token, row_ids, row_sims)))
-    print(f"run folder: {run}")
+    progress = False if args.no_progress else None
+    if args.resume is None:
+        train_run(_train_config(args), args.out or f"runs/{_train_config(args).backend}",
+                  overwrite=args.overwrite, progress=progress, queries=args.query)
+        return 0
+    given = _given_flags(args)
+    fixed = sorted(set(given) - set(RESUME_OVERRIDES))
+    if fixed or args.out is not None or args.overwrite:
+        names = [f"--{name.replace('_', '-')}" for name in fixed]
+        names += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
+        raise ConfigError(f"{', '.join(names)} cannot be given with --resume: a resumed run "
+                          f"keeps its config.json (only --epochs, --backend and --device)")
+    resume_run(args.resume, epochs=given.get("epochs"), backend=given.get("backend"),
+               device=given.get("device"), progress=progress, queries=args.query)
     return 0
 
 
 def command_similar(args: argparse.Namespace) -> int:
     import backends
+    from common.session import resolve_backend
     from backends.base import Params
     from common import runs
     from common.embeddings import format_similar, lookup
@@ -174,11 +130,12 @@ def command_similar(args: argparse.Namespace) -> int:
     run = runs.open_run(args.run)
     config = runs.load_config(run)
     vocab = Vocab.load(run / runs.VOCAB)
-    checkpoint = runs.load_checkpoint(run)
+    checkpoint = runs.load_checkpoint(run, vocab_digest=vocab.digest(),
+                                      shape=(len(vocab), config.embed_size))
     name = args.backend
     if name is None:  # the run's own backend when it is installed here, else the reference
         name = config.backend if not backends.missing(config.backend) else "numpy"
-    backend_class = _resolve_backend(backends.canonical(name), args.device)
+    backend_class = resolve_backend(backends.canonical(name), args.device)
     words, failed = [], []
     for word in args.words:
         try:
@@ -220,12 +177,13 @@ def _run_vectors(run_arg: str) -> tuple[Any, Any, Path]:
 def command_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from common import runs
     from common.evaluate import evaluate, format_results
     from common.io import write_json
 
     keyed, _, run = _run_vectors(args.run)
     results = evaluate(keyed)
-    write_json(run / "evaluation.json", results)
+    write_json(run / runs.EVALUATION, results)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     else:
@@ -279,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("w2v: interrupted; files already written are complete", file=sys.stderr)
         return 130
+
 
 
 if __name__ == "__main__":

@@ -25,6 +25,20 @@ class DataError(W2VError):
     exit_code = 1
 
 
+class RunInUseError(W2VError):
+    """Another training holds the run folder's lock."""
+
+    exit_code = 1
+
+
+class Interrupted(W2VError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 class DownloadError(DataError):
     """The corpus could not be fetched (no network, HTTP error, truncated body)."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -47,6 +48,8 @@ class TrainResult:
     curve: list[dict[str, float]] = field(default_factory=list)
     all_epochs_loss_sum: float = 0.0
     all_epochs_examples: int = 0
+    position: "Position | None" = None  # where training stands (set by `train`)
+    stopped: bool = False               # True when `should_stop` ended it early
 
     @property
     def all_epochs_mean_loss(self) -> float:
@@ -80,6 +83,22 @@ class TrainResult:
         return (f"loss {self.all_epochs_mean_loss:.3f}, {self.words_per_second:.1f} "
                 f"tokens/sec on {self.device}")
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to carry the figures across an interruption (JSON-safe)."""
+        return {"device": self.device, "epochs": [asdict(report) for report in self.epochs],
+                "curve": self.curve, "all_epochs_loss_sum": self.all_epochs_loss_sum,
+                "all_epochs_examples": self.all_epochs_examples,
+                "position": (self.position or Position()).to_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "TrainResult":
+        return cls(device=state["device"],
+                   epochs=[EpochReport(**report) for report in state["epochs"]],
+                   curve=[dict(point) for point in state["curve"]],
+                   all_epochs_loss_sum=float(state["all_epochs_loss_sum"]),
+                   all_epochs_examples=int(state["all_epochs_examples"]),
+                   position=Position.from_dict(state["position"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device,
@@ -99,98 +118,151 @@ def real_examples(batch: Batch) -> int:
     return int(np.count_nonzero(batch.masks[:, 0]))
 
 
+@dataclass
+class Position:
+    """Where training stands, exactly enough to continue as if it had never stopped.
+
+    `batch` batches of epoch `epoch` (0-based) are trained; the epoch's partial sums and the
+    host copies of the losses since the last report point travel with it, so that a resumed
+    run sums the very same numbers in the same order (bit-identical figures).
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_examples: int = 0
+    epoch_seconds: float = 0.0
+    pending_losses: list[float] = field(default_factory=list)
+    pending_examples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Position":
+        return cls(**values)
+
+
 def step_groups(batches: Iterable[Batch], size: int,
-                ends_group: Callable[[int], bool] = lambda index: False) -> Iterator[list[Batch]]:
+                ends_group: Callable[[int], bool] = lambda index: False, *,
+                start: int = 0) -> Iterator[list[Batch]]:
     """Consecutive batches in lists of at most `size` for `Backend.train_steps`.
 
-    A list also ends after batch `index` (counted from 0) when `ends_group(index)`, so that the
-    driver can read the losses at its report points; the last list may be short.
+    A list ends after batch `index` (counted from 0 within the epoch; the first batch given is
+    number `start`) when `(index + 1) % size == 0` or `ends_group(index)`: groups are aligned
+    to the epoch, not to where iteration began, so a resumed epoch runs the same compiled
+    groups as an uninterrupted one. The last list may be short.
     """
     group: list[Batch] = []
-    for index, batch in enumerate(batches):
+    for index, batch in enumerate(batches, start):
         group.append(batch)
-        if len(group) >= size or ends_group(index):
+        if (index + 1) % size == 0 or ends_group(index):
             yield group
             group = []
     if group:
         yield group
 
 
-def _progress(total: int, description: str, enabled: bool | None) -> Any:
+def _progress(total: int, initial: int, description: str, enabled: bool | None) -> Any:
     from tqdm import tqdm  # imported here: only the CLI path needs it
 
     # disable=None lets tqdm switch itself off when stderr is not a terminal (CI logs).
-    return tqdm(total=total, desc=description, unit="batch", leave=False,
+    return tqdm(total=total, initial=initial, desc=description, unit="batch", leave=False,
                 disable=enabled if enabled is None else not enabled, dynamic_ncols=True)
 
 
 def train(backend: Any, epoch_batches: Callable[[int], Iterable[Batch]],
           batches_per_epoch: Callable[[int], int], epochs: int, *,
-          start_epoch: int = 0, progress: bool | None = None,
-          log: Callable[[str], None] = print,
+          progress: bool | None = None, log: Callable[[str], None] = print,
           on_epoch_end: Callable[[EpochReport, TrainResult], None] | None = None,
-          result: TrainResult | None = None) -> TrainResult:
-    """Run `epochs` epochs of `backend.train_steps` over `epoch_batches(epoch)`.
+          result: TrainResult | None = None, position: Position | None = None,
+          should_stop: Callable[[Position], bool] | None = None) -> TrainResult:
+    """Train from `position` (default: the start) to the end of epoch `epochs`.
 
-    `epoch_batches(epoch)` yields the epoch's batches (shuffled, possibly re-sampled);
-    `batches_per_epoch(epoch)` is their count, for the progress bar and the report points.
-    `on_epoch_end` lets the caller checkpoint and plot; it runs outside the timed region.
+    `epoch_batches(epoch)` yields the epoch's batches (shuffled, possibly re-sampled) and
+    must yield the same ones whenever asked: a resumed epoch skips the `position.batch`
+    already trained. `batches_per_epoch(epoch)` is their count, for the progress bar and the
+    report points. `on_epoch_end` lets the caller checkpoint and plot, outside the timed
+    region. `should_stop(position)` is asked after every group of steps; when it says yes the
+    pending losses are fetched and the result comes back with `result.position` set to where
+    training stopped (`result.stopped` is then True).
     """
     result = result or TrainResult(device=backend.device)
-    for epoch in range(start_epoch, epochs):
+    position = position or Position()
+    result.position, result.stopped = position, False
+    while position.epoch < epochs:
+        epoch = position.epoch
         total_batches = batches_per_epoch(epoch)
         report_every = max(total_batches // REPORTS_PER_EPOCH, 1)
+        # Losses of steps since the last report point: host floats carried over from a
+        # checkpoint first, then device scalars.
+        carried = np.asarray(position.pending_losses, dtype=np.float64)
         pending: list[Any] = []
-        epoch_loss_sum, epoch_examples, pending_examples = 0.0, 0, 0
 
         def is_report_point(index: int) -> bool:
             return (index + 1) % report_every == 0 or index + 1 == total_batches
 
-        bar = _progress(total_batches, f"epoch {epoch + 1}/{epochs}", progress)
+        def fetch_pending() -> np.ndarray:
+            fetched = backend.losses_to_numpy(pending) if pending else np.zeros(0)
+            return np.concatenate([carried, fetched])
+
+        bar = _progress(total_batches, position.batch, f"epoch {epoch + 1}/{epochs}", progress)
         backend.synchronize()
         started = time.perf_counter()
-        index = -1  # of the last batch trained
-        for group in step_groups(epoch_batches(epoch), backend.steps_per_call,
-                                 is_report_point):
+        batches = islice(iter(epoch_batches(epoch)), position.batch, None)
+        stopped = False
+        for group in step_groups(batches, backend.steps_per_call, is_report_point,
+                                 start=position.batch):
             pending.extend(backend.train_steps(group))
-            pending_examples += sum(real_examples(batch) for batch in group)
-            index += len(group)
+            position.pending_examples += sum(real_examples(batch) for batch in group)
+            position.batch += len(group)
             bar.update(len(group))
-            if is_report_point(index):
-                losses = backend.losses_to_numpy(pending)  # the only sync point
-                epoch_loss_sum += float(losses.sum())
-                epoch_examples += pending_examples
-                result.all_epochs_loss_sum += float(losses.sum())
-                result.all_epochs_examples += pending_examples
+            if is_report_point(position.batch - 1):
+                losses = fetch_pending()  # the only sync point
+                total = float(losses.sum())
+                position.epoch_loss_sum += total
+                position.epoch_examples += position.pending_examples
+                result.all_epochs_loss_sum += total
+                result.all_epochs_examples += position.pending_examples
                 result.curve.append({
-                    "epoch": epoch + (index + 1) / total_batches,
+                    "epoch": epoch + position.batch / total_batches,
                     "loss": result.all_epochs_mean_loss,          # the chapter's plotted figure
-                    "interval_loss": float(losses.sum()) / max(pending_examples, 1),
+                    "interval_loss": total / max(position.pending_examples, 1),
                 })
-                pending, pending_examples = [], 0
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{epoch_loss_sum / max(epoch_examples, 1):.3f}",
-                                words_per_s=f"{epoch_examples / max(elapsed, 1e-9):,.0f}")
+                carried, pending, position.pending_examples = np.zeros(0), [], 0
+                elapsed = position.epoch_seconds + time.perf_counter() - started
+                bar.set_postfix(
+                    loss=f"{position.epoch_loss_sum / max(position.epoch_examples, 1):.3f}",
+                    words_per_s=f"{position.epoch_examples / max(elapsed, 1e-9):,.0f}")
+            if should_stop is not None and position.batch < total_batches \
+                    and should_stop(position):
+                stopped = True
+                break
         backend.synchronize()
-        seconds = time.perf_counter() - started
+        position.epoch_seconds += time.perf_counter() - started
         bar.close()
-        if pending:  # an iterator shorter than announced: account for what it gave
-            losses = backend.losses_to_numpy(pending)
-            epoch_loss_sum += float(losses.sum())
-            epoch_examples += pending_examples
-            result.all_epochs_loss_sum += float(losses.sum())
-            result.all_epochs_examples += pending_examples
-        report = EpochReport(epoch + 1, epoch_loss_sum / max(epoch_examples, 1), epoch_examples,
-                             seconds)
+        if stopped:
+            position.pending_losses = [float(x) for x in fetch_pending()]
+            result.stopped = True
+            return result
+        if pending or len(carried):  # an iterator shorter than announced: count what it gave
+            total = float(fetch_pending().sum())
+            position.epoch_loss_sum += total
+            position.epoch_examples += position.pending_examples
+            result.all_epochs_loss_sum += total
+            result.all_epochs_examples += position.pending_examples
+        report = EpochReport(epoch + 1, position.epoch_loss_sum / max(position.epoch_examples, 1),
+                             position.epoch_examples, position.epoch_seconds)
         if not math.isfinite(report.mean_loss):
             from common.errors import W2VError
 
             raise W2VError(f"epoch {epoch + 1} diverged (loss {report.mean_loss}): "
                            f"lower --lr and try again")
         result.epochs.append(report)
+        position = Position(epoch=epoch + 1)
+        result.position = position
         log(f"epoch {report.epoch}: loss {report.mean_loss:.3f}, "
             f"{report.words_per_second:,.1f} centre words/s, {report.seconds:.1f} s")
         if on_epoch_end is not None:
             on_epoch_end(report, result)
     return result
-

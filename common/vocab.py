@@ -9,6 +9,7 @@ other tokens follow by descending count, ties alphabetical, so the order is dete
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
 from pathlib import Path
@@ -120,6 +121,12 @@ class Vocab:
                      itertools.repeat(self.unk))
         tokens = np.fromiter(lookup, dtype=np.int32, count=int(lengths.sum()))
         return EncodedCorpus(tokens, _offsets(lengths))
+
+    def digest(self) -> str:
+        """sha256 of the tokens and counts in index order: a checkpoint's vocabulary id."""
+        text = "".join(f"{token}\t{count}\n" for token, count in zip(self.idx_to_token,
+                                                                    self.counts.tolist()))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `token<TAB>count`, one line per index, atomically."""

@@ -6,7 +6,7 @@ import pytest
 
 from common.batching import Batch
 from common.errors import W2VError
-from common.training import TrainResult, train
+from common.training import Position, TrainResult, step_groups, train
 
 
 class _ScriptedBackend:
@@ -64,7 +64,8 @@ def test_grouped_steps_end_at_report_points_and_change_no_figure():
     grouped_backend = _ScriptedBackend(losses, steps_per_call=3)
     grouped = train(grouped_backend, lambda e: iter(batches), lambda e: 23, 1,
                     progress=False, log=lambda line: None)
-    assert grouped_backend.group_sizes == [3, 1] * 5 + [3]
+    # Groups end at multiples of 3 counted from the epoch's start, and at report points.
+    assert grouped_backend.group_sizes == [3, 1, 2, 2, 1, 3, 3, 1, 2, 2, 1, 2]
     assert grouped.curve == one_by_one.curve
     assert grouped.epochs[0].mean_loss == one_by_one.epochs[0].mean_loss
 
@@ -84,3 +85,47 @@ def test_divergence_is_a_one_line_error():
     with pytest.raises(W2VError, match="diverged.*lower --lr"):
         train(backend, lambda e: iter([_batch(4, 4)] * 3), lambda e: 3, 1, progress=False,
               log=lambda line: None)
+
+
+def test_groups_stay_aligned_to_the_epoch_when_iteration_starts_late():
+    """A resumed epoch must run the same groups (the same compiled calls) from its batch on."""
+    whole = [len(g) for g in step_groups(range(20), 8, lambda i: i == 9)]
+    assert whole == [8, 2, 6, 4]
+    assert [len(g) for g in step_groups(range(5, 20), 8, lambda i: i == 9, start=5)] == \
+        [3, 2, 6, 4]
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+@pytest.mark.parametrize("stop_after", [1, 6, 10, 17])
+def test_stopping_and_continuing_gives_identical_figures(steps_per_call, stop_after):
+    """Stop after some batches (mid-epoch or at its end), carry the state through a JSON
+    round trip as a checkpoint does, continue: every figure equals an uninterrupted run's."""
+    import json
+
+    losses = list(np.linspace(1.0, 0.1, 33) ** 1.7)
+    batches = {0: [_batch(4, 4)] * 10 + [_batch(4, 3)], 1: [_batch(4, 4)] * 11,
+               2: [_batch(4, 2)] * 11}
+
+    def run(**options) -> TrainResult:
+        return train(backend, lambda e: iter(batches[e]), lambda e: 11, 3, progress=False,
+                     log=lambda line: None, **options)
+
+    backend = _ScriptedBackend(losses, steps_per_call=steps_per_call)
+    whole = run()
+
+    backend = _ScriptedBackend(losses, steps_per_call=steps_per_call)
+    seen = []
+    first = run(should_stop=lambda position: seen.append(position.batch) or
+                sum(1 for _ in seen) * steps_per_call >= stop_after)
+    assert first.stopped and first.position.batch < 11
+    state = json.loads(json.dumps(first.state_dict()))
+    restored = TrainResult.from_state_dict(state)
+    assert isinstance(restored.position, Position)
+    consumed = restored.position.epoch * 11 + restored.position.batch
+    backend.losses_per_row = iter(losses[consumed:])  # the parameters would carry on likewise
+    second = run(result=restored, position=restored.position)
+    assert not second.stopped
+    assert second.curve == whole.curve
+    assert [(r.epoch, r.mean_loss, r.centre_words) for r in second.epochs] == \
+        [(r.epoch, r.mean_loss, r.centre_words) for r in whole.epochs]
+    assert second.all_epochs_mean_loss == whole.all_epochs_mean_loss

@@ -1,0 +1,306 @@
+"""One training run in a run folder: what `w2v train`, `w2v train --resume` and `w2v sweep` share.
+
+A session owns the run folder for as long as it trains (a lock refuses a second training),
+checkpoints at every epoch end and, on SIGINT or SIGTERM, at the next batch boundary, then
+stops with exit code 130/143 and says how to resume. Everything a resumed run needs is in
+the checkpoint: parameters, Adam's state, the figures so far and the exact position; the
+batches themselves are a pure function of (seed, epoch), so skipping the ones already
+trained puts the resumed run where the interrupted one was, bit for bit.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from common import runs
+from common.config import TrainConfig
+from common.errors import ConfigError, DataError, Interrupted
+from common.training import EpochReport, TrainResult, train
+
+# A fault-injection hook for the tests (and for trying the feature by hand): after this many
+# batches trained in this process, the run sends itself W2V_INTERRUPT_SIGNAL (default SIGINT),
+# exactly as a Ctrl-C at that moment would.
+INTERRUPT_AFTER_ENV = "W2V_INTERRUPT_AFTER_BATCHES"
+INTERRUPT_SIGNAL_ENV = "W2V_INTERRUPT_SIGNAL"
+
+
+@dataclass
+class EpochContext:
+    """What an `on_epoch_end` callback sees after each epoch's checkpoint."""
+
+    epoch: int                  # 1-based
+    report: EpochReport
+    result: TrainResult
+    backend: Any
+    vocab: Any
+    valid_loss: float | None
+
+
+@dataclass
+class TrainOutcome:
+    """A finished run: its folder, figures, vectors' scores and the live backend."""
+
+    run: Path
+    config: TrainConfig
+    vocab: Any
+    backend: Any
+    result: TrainResult
+    evaluation: dict[str, Any] | None = None
+    valid_losses: list[float] = field(default_factory=list)
+
+
+def resolve_backend(name: str, device: str) -> Any:
+    """Backend name -> Backend class, with the device checked before any data is read."""
+    import backends
+    from backends.base import require_device
+
+    backend_class = backends.load(name)
+    require_device(device, backend_class.devices())
+    return backend_class
+
+
+class _StopRequest:
+    """Set by a signal handler; the driver asks it after every group of steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.batches_seen = 0
+        self._last = (-1, 0)  # (epoch, batch) when last asked
+        after = os.environ.get(INTERRUPT_AFTER_ENV, "")
+        self.inject_after = int(after) if after.isdigit() else None
+        self.inject_signal = int(getattr(signal, os.environ.get(INTERRUPT_SIGNAL_ENV, "SIGINT"),
+                                         signal.SIGINT))
+
+    def __call__(self, position: Any) -> bool:
+        epoch, batch = self._last
+        self.batches_seen += position.batch - (batch if position.epoch == epoch else 0)
+        self._last = (position.epoch, position.batch)
+        if self.inject_after is not None and self.batches_seen >= self.inject_after:
+            self.inject_after = None
+            os.kill(os.getpid(), self.inject_signal)  # the handler below runs right here
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    """SIGINT/SIGTERM ask training to stop at the next batch boundary; a second one aborts."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if request.signum is not None:  # asked twice: stop waiting for the batch boundary
+            raise KeyboardInterrupt
+        request.signum = signum
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class _Session:
+    """The pieces of one run, put together by `train_run` or `resume_run`."""
+
+    def __init__(self, config: TrainConfig, run: Path, *, log: Callable[[str], None],
+                 progress: bool | None) -> None:
+        from common.data import prepare_training_data
+
+        self.config, self.run, self.log, self.progress = config, run, log, progress
+        self.backend_class = resolve_backend(config.backend, config.device)
+        self.data = prepare_training_data(config, fixed_shapes=self.backend_class.fixed_shapes,
+                                          log=log)
+        self.vocab = self.data.vocab
+        log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
+            f"vocabulary {len(self.vocab):,}, {self.data.num_examples(0):,} centre words per "
+            f"epoch ({config.sampling} sampling)")
+        self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.lr,
+                                          device=config.device, seed=config.seed,
+                                          optimizer=config.optimizer)
+        self.heldout = None  # the validation split's loss: wired in by the held-out feature
+        self.valid_losses: list[float] = []
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, result: TrainResult) -> None:
+        params = self.backend.get_params()
+        state = self.backend.optimizer_state()
+        runs.save_checkpoint(self.run, runs.Checkpoint(
+            params.center, params.context, state.step, tuple(state.exp_avg),
+            tuple(state.exp_avg_sq), dict(result.state_dict(), valid_losses=self.valid_losses),
+            self.vocab.digest()))
+
+    def restore(self, checkpoint: runs.Checkpoint) -> TrainResult:
+        from backends.base import AdamState, Params
+
+        self.backend.set_params(Params(checkpoint.center, checkpoint.context))
+        self.backend.load_optimizer_state(AdamState(checkpoint.adam_step,
+                                                    Params(*checkpoint.exp_avg),
+                                                    Params(*checkpoint.exp_avg_sq)))
+        self.valid_losses = list(checkpoint.training.get("valid_losses", []))
+        return TrainResult.from_state_dict(checkpoint.training)
+
+    def save_progress(self, result: TrainResult) -> None:
+        """Checkpoint, metrics and plot: the run folder as of now."""
+        from common.plotting import plot_loss
+
+        self.save_checkpoint(result)
+        epochs = [dict(epoch=e.epoch, loss=e.mean_loss, centre_words=e.centre_words,
+                       seconds=e.seconds, kind="epoch") for e in result.epochs]
+        for row, valid_loss in zip(epochs, self.valid_losses):
+            row["valid_loss"] = valid_loss
+        runs.save_metrics(self.run, [dict(p, kind="point") for p in result.curve] + epochs)
+        plot_loss(result.curve, self.run / runs.PLOT, epochs=self.config.epochs,
+                  title=f"{self.backend_class.name}, {self.data.corpus_name}")
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, result: TrainResult | None,
+            on_epoch_end: Callable[[EpochContext], None] | None) -> TrainResult:
+        from common.batching import prefetch
+
+        def epoch_end(report: EpochReport, so_far: TrainResult) -> None:
+            valid_loss = self.heldout.loss(self.backend) if self.heldout is not None else None
+            if valid_loss is not None:
+                self.valid_losses.append(valid_loss)
+                so_far.curve[-1]["valid_loss"] = valid_loss
+                self.log(f"  validation loss {valid_loss:.3f}")
+            self.save_progress(so_far)
+            if on_epoch_end is not None:
+                on_epoch_end(EpochContext(report.epoch, report, so_far, self.backend,
+                                          self.vocab, valid_loss))
+
+        position = result.position if result is not None else None
+        with _stop_on_signals() as stop:
+            result = train(self.backend, lambda epoch: prefetch(self.data.batches(epoch)),
+                           self.data.num_batches, self.config.epochs, progress=self.progress,
+                           log=self.log, on_epoch_end=epoch_end, result=result,
+                           position=position, should_stop=stop)
+        if result.stopped:
+            self.save_progress(result)
+            where = result.position
+            raise Interrupted(
+                f"interrupted in epoch {where.epoch + 1}, after batch {where.batch} of "
+                f"{self.data.num_batches(where.epoch)}; checkpoint saved: continue with "
+                f"`w2v train --resume {self.run}`", stop.signum or signal.SIGINT)
+        return result
+
+    def finish(self, result: TrainResult, *, evaluate_at_end: bool,
+               queries: Sequence[str]) -> TrainOutcome:
+        from common.embeddings import export_word2vec, format_similar
+        from common.evaluate import evaluate, format_results
+        from common.io import write_json
+
+        params = self.backend.get_params()
+        keyed = export_word2vec(self.run / runs.VECTORS, self.vocab.idx_to_token, params.center)
+        report = result.to_dict()
+        report.update(backend=self.backend_class.name, corpus=self.data.corpus_name,
+                      framework_version=self.backend_class.version(),
+                      valid_losses=self.valid_losses)
+        runs.save_report(self.run, report)
+        log = self.log
+        log(result.summary_line())
+        log(f"  all-epoch mean loss {result.all_epochs_mean_loss:.3f} (the chapter's printed "
+            f"figure, 0.410 on PTB); last epoch {result.last_epoch_mean_loss:.3f}")
+        log(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "
+            f"chapter's formula (all epochs' words / last epoch's time) would print "
+            f"{result.chapter_tokens_per_second:,.1f}")
+        evaluation = None
+        if evaluate_at_end:
+            evaluation = evaluate(keyed)
+            write_json(self.run / runs.EVALUATION, evaluation)
+            for line in format_results(evaluation):
+                log(f"  {line}")
+        known = [word for word in queries if self.vocab.token_to_idx.get(word, 0) > 0]
+        if known:
+            ids = np.asarray([self.vocab.token_to_idx[word] for word in known])
+            top, sims = self.backend.similar(ids, 3)
+            for word, row_ids, row_sims in zip(known, top, sims):
+                log(f"{word}: " + "; ".join(format_similar(self.vocab.idx_to_token, row_ids,
+                                                           row_sims)))
+        log(f"run folder: {self.run}")
+        return TrainOutcome(self.run, self.config, self.vocab, self.backend, result, evaluation,
+                            list(self.valid_losses))
+
+
+def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
+              log: Callable[[str], None] = print, progress: bool | None = None,
+              queries: Sequence[str] = (), evaluate_at_end: bool = True,
+              on_epoch_end: Callable[[EpochContext], None] | None = None) -> TrainOutcome:
+    """Train `config` from scratch into the run folder `out`."""
+    import backends
+
+    config.validate()
+    config.backend = backends.canonical(config.backend)
+    resolve_backend(config.backend, config.device)  # fail before touching the folder
+    run = runs.prepare_output(out, overwrite=overwrite)
+    with runs.locked(run):
+        for name in runs.RESULTS:  # an overwritten run's old results must not pass for new
+            with contextlib.suppress(FileNotFoundError):
+                (run / name).unlink()
+        session = _Session(config, run, log=log, progress=progress)
+        session.backend.init_params(config.seed)
+        runs.save_config(run, config)
+        session.vocab.save(run / runs.VOCAB)
+        log(f"training with {session.backend_class.name} {session.backend_class.version()} on "
+            f"{session.backend.device}, writing {run}")
+        result = session.fit(None, on_epoch_end)
+        return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
+
+
+def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str | None = None,
+               device: str | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
+               queries: Sequence[str] = (), evaluate_at_end: bool = True,
+               on_epoch_end: Callable[[EpochContext], None] | None = None) -> TrainOutcome:
+    """Continue the run in `run_arg` from its checkpoint.
+
+    `epochs` may raise its total; `backend` and `device` may move it (the checkpoint is
+    framework-neutral), though only the same backend and device continue bit for bit.
+    """
+    import backends
+
+    from common.vocab import Vocab
+
+    run = Path(run_arg)
+    if not run.is_dir():
+        raise ConfigError(f"--resume {run} does not exist: give a folder made by `w2v train`")
+    with runs.locked(run):
+        if not (run / runs.CONFIG).is_file() or not (run / runs.VOCAB).is_file():
+            raise ConfigError(f"--resume {run} is not a run folder (no {runs.CONFIG} or "
+                              f"{runs.VOCAB}): give a folder made by `w2v train --out`")
+        config = runs.load_config(run)
+        if epochs is not None:
+            config.epochs = epochs
+        if backend is not None:
+            config.backend = backends.canonical(backend)
+        if device is not None:
+            config.device = device
+        config.validate()
+        saved_vocab = Vocab.load(run / runs.VOCAB)
+        checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
+                                          shape=(len(saved_vocab), config.embed_size))
+        done = checkpoint.position
+        if done["epoch"] >= config.epochs:
+            raise ConfigError(f"{run} has already trained {done['epoch']} of "
+                              f"{config.epochs} epochs: pass --epochs N with N larger to "
+                              f"train on")
+        session = _Session(config, run, log=log, progress=progress)
+        if session.vocab.digest() != saved_vocab.digest():
+            raise DataError(f"the corpus gives another vocabulary than {run / runs.VOCAB} "
+                            f"(changed since the run began?): resume with the same --data")
+        result = session.restore(checkpoint)
+        runs.save_config(run, config)
+        log(f"resuming {run} in epoch {done['epoch'] + 1} of {config.epochs}, after batch "
+            f"{done['batch']}, with {session.backend_class.name} "
+            f"{session.backend_class.version()} on {session.backend.device}")
+        result = session.fit(result, on_epoch_end)
+        return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
