@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
 
     analogy = commands.add_parser("analogy", help="a is to b as c is to ? (b - a + c)")
-    analogy.add_argument("words", nargs=3, metavar=("A", "B", "C"))
+    # Three positionals, not nargs=3 with a tuple metavar: argparse crashes formatting the
+    # "required" error for the latter when words are missing.
+    for name, role in (("a", "A"), ("b", "B"), ("c", "C")):
+        analogy.add_argument(name, metavar=role)
     analogy.add_argument("-k", type=int, default=3, help="answers to show (default: 3)")
     analogy.add_argument("--run", required=True, help="a run folder made by `w2v train`")
 
@@ -198,8 +201,8 @@ def command_analogy(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError(f"-k must be a positive integer, got {args.k}")
     keyed, vocab, _ = _run_vectors(args.run)
-    first, second, third = args.words
-    lookup(args.words, vocab.token_to_idx)  # unknown words: one line with near spellings
+    first, second, third = args.a, args.b, args.c
+    lookup([first, second, third], vocab.token_to_idx)  # unknown words: one line with near spellings
     for word, similarity in keyed.most_similar(positive=[second, third], negative=[first],
                                                topn=args.k):
         print(f"cosine sim={similarity:.3f}: {word}")
