@@ -348,3 +348,14 @@ def test_resume_of_a_folder_without_checkpoint_says_so(tmp_path, capsys, trained
     (run / runs.CHECKPOINT).unlink()
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 1
     assert "has no checkpoint yet" in _one_error_line(capsys.readouterr().err)
+
+
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("common.data.prepare_training_data", interrupted)
+    code = main(_train_args(tiny_corpus(tmp_path), tmp_path / "run", "numpy"))
+    assert code == 130
+    assert capsys.readouterr().err.strip() == \
+        "w2v: interrupted; files already written are complete"
