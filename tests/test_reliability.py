@@ -95,17 +95,22 @@ def test_sigterm_mid_epoch_exits_143_and_resumes_exactly(tmp_path):
     _assert_same_run(whole, cut)
 
 
-def test_a_signal_from_outside_stops_at_a_batch_boundary_and_resumes(tmp_path):
-    """A real Ctrl-C from another process, at whatever moment it lands."""
-    corpus = tiny_corpus(tmp_path)
-    run = tmp_path / "run"
+def _start_long_training(corpus: Path, run: Path) -> subprocess.Popen:
+    """A 40-epoch numpy training in another process, returned once its first epoch is done."""
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "common.cli", *_train_args(corpus, run, "numpy", 40)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("epoch 1:"):
-            process.send_signal(signal.SIGINT)
             break
+    return process
+
+
+def test_a_signal_from_outside_stops_at_a_batch_boundary_and_resumes(tmp_path):
+    """A real Ctrl-C from another process, at whatever moment it lands."""
+    run = tmp_path / "run"
+    process = _start_long_training(tiny_corpus(tmp_path), run)
+    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "--resume" in _one_error_line(stderr)
@@ -274,13 +279,8 @@ def test_a_second_training_into_a_busy_folder_is_refused(tmp_path, capsys, train
 def test_the_lock_is_held_by_a_running_training_in_another_process(tmp_path):
     corpus = tiny_corpus(tmp_path)
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "common.cli", *_train_args(corpus, run, "numpy", 40)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_long_training(corpus, run)
     try:
-        for line in process.stdout:
-            if line.startswith("epoch 1:"):
-                break
         second = _w2v(_train_args(corpus, run, "numpy") + ["--overwrite"])
     finally:
         process.terminate()
