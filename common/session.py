@@ -289,7 +289,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
                                           shape=(len(saved_vocab), config.embed_size))
         done = checkpoint.position
-        if done["epoch"] >= config.epochs:
+        # All epochs trained but stopped before the vectors were exported: just finish.
+        if done["epoch"] >= config.epochs and (run / runs.VECTORS).is_file():
             raise ConfigError(f"{run} has already trained {done['epoch']} of "
                               f"{config.epochs} epochs: pass --epochs N with N larger to "
                               f"train on")

@@ -142,6 +142,16 @@ def test_resume_can_train_longer_and_refuses_a_finished_run(tmp_path, capsys):
     _assert_same_run(run, longer)  # 1 epoch, then 1 more == 2 epochs at once
 
 
+def test_resume_finishes_a_run_stopped_after_its_last_epoch(tmp_path):
+    run = tmp_path / "run"
+    assert main(_train_args(tiny_corpus(tmp_path), run, "numpy", epochs=1)) == 0
+    vectors = (run / runs.VECTORS).read_bytes()
+    for name in (runs.VECTORS, runs.REPORT, runs.EVALUATION):  # as if stopped while exporting
+        (run / name).unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / runs.VECTORS).read_bytes() == vectors and (run / runs.REPORT).is_file()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "0.01"], "--lr cannot be given with --resume"),
     (["--out", "x"], "--out cannot be given with --resume"),
