@@ -205,9 +205,36 @@ def build_dataset(corpus: EncodedCorpus, counts: np.ndarray, *, max_window_size:
     """
     pairs = centers_and_contexts(subsample(corpus, counts, t, rng), max_window_size, rng)
     if len(pairs.centers) == 0:
-        raise DataError(f"the corpus ({len(corpus.tokens)} tokens, {len(corpus.offsets) - 1} "
-                        f"sentences, vocabulary {len(counts)}) yields no centre/context pair "
-                        f"after <unk> removal and subsampling: use a larger corpus or lower "
-                        f"--min-freq")
+        raise no_pairs_error(corpus, counts)
     return draw_negatives(pairs, sampler or NoiseSampler(counts), num_noise_words, rng)
+
+
+def no_pairs_error(corpus: EncodedCorpus, counts: np.ndarray) -> DataError:
+    """The one-line error for a corpus that leaves nothing to train on."""
+    return DataError(f"the corpus ({len(corpus.tokens)} tokens, {len(corpus.offsets) - 1} "
+                     f"sentences, vocabulary {len(counts)}) yields no centre/context pair "
+                     f"after <unk> removal and subsampling: use a larger corpus or lower "
+                     f"--min-freq")
+
+
+def num_centers(corpus: EncodedCorpus) -> int:
+    """Centres `centers_and_contexts` would give: tokens in sentences of length >= 2."""
+    lengths = corpus.lengths
+    return int(lengths[lengths >= 2].sum())
+
+
+def take_sentences(corpus: EncodedCorpus, sentences: np.ndarray) -> EncodedCorpus:
+    """The sentences at indices `sentences`, in that order, as a new flat corpus.
+
+    One gather, no Python loop per sentence. Shapes: (S,) indices -> corpus of their tokens.
+    """
+    sentences = np.asarray(sentences, dtype=np.int64)
+    starts = corpus.offsets[sentences]
+    lengths = corpus.offsets[sentences + 1] - starts  # not corpus.lengths: O(chunk), not O(S)
+    offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # Position p of the new corpus reads old position p + (old start - new start) of its sentence.
+    shift = np.repeat(starts - offsets[:-1], lengths)
+    shift += np.arange(offsets[-1], dtype=np.int64)
+    return EncodedCorpus(corpus.tokens[shift], offsets)
 

@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import DataError
 from common.sampling import (NoiseSampler, Pairs, build_dataset, centers_and_contexts,
-                             draw_negatives, subsample)
+                             draw_negatives, num_centers, subsample, take_sentences)
 from common.vocab import EncodedCorpus, Vocab
 
 # chi2.ppf(0.999, df) for the degrees of freedom used here, in case SciPy is missing.
@@ -222,3 +222,13 @@ def test_a_vocabulary_too_small_for_noise_is_a_data_error():
                       rng=np.random.default_rng(0))
     with pytest.raises(DataError, match="no word besides <unk>"):
         NoiseSampler(np.array([7]))
+
+
+def test_take_sentences_gathers_whole_sentences_in_the_given_order():
+    corpus = EncodedCorpus.from_ids([[1, 2, 3], [], [4], [5, 6]])
+    taken = take_sentences(corpus, np.array([3, 0, 1, 3]))
+    assert taken.to_lists() == [[5, 6], [1, 2, 3], [], [5, 6]]
+    assert take_sentences(corpus, np.array([], dtype=np.int64)).to_lists() == []
+    # Centres: tokens of sentences with at least two tokens, as centers_and_contexts finds them.
+    pairs = centers_and_contexts(corpus, 2, np.random.default_rng(0))
+    assert num_centers(corpus) == 5 == len(pairs.centers)
