@@ -127,6 +127,16 @@ class Backend(abc.ABC):
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         """The objective on `batch` and its dense gradients, without updating anything."""
 
+    def eval_loss(self, batch: Batch) -> Any:
+        """The summed objective on `batch`, still on device, changing no parameter or state.
+
+        For the held-out loss (`common/heldout.py`). This default goes through
+        `loss_and_grads`, so it is right but pays for a backward pass; backends override it
+        with a forward alone.
+        """
+        loss, _ = self.loss_and_grads(batch)
+        return self.asarray(np.asarray(loss, dtype=np.float32))
+
     @abc.abstractmethod
     def train_step(self, batch: Batch) -> Any:
         """One optimiser step on the summed objective; returns that sum, still on device."""

@@ -23,12 +23,15 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+def _add_train_flags(parser: argparse.ArgumentParser, *, lists: bool = False) -> None:
     """One flag per TrainConfig field, the chapter's value as default (exercise 1).
 
     Flags default to None so that `--resume` can tell which ones were given; the config's
-    own defaults fill the rest (`_train_config`).
+    own defaults fill the rest (`_train_config`). With `lists` (`w2v sweep`), a flag takes
+    comma-separated values, except those a sweep holds fixed (`sweep.SINGLE_VALUED`).
     """
+    from common.sweep import SINGLE_VALUED
+
     defaults = TrainConfig()
     for field in config_module.fields():
         flag = "--" + field.name.replace("_", "-")
@@ -37,8 +40,25 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             {"int": int, "float": float, "str": str}.get(str(field.type), str)
         help_text = field.metadata.get("help", "")
         extra = {k: v for k, v in field.metadata.items() if k != "help"}
+        if lists and field.name not in SINGLE_VALUED:
+            kind = _comma_list(kind)
+            extra.pop("choices", None)  # each value is checked by TrainConfig.validate
+            help_text += "; comma-separated values to sweep"
         parser.add_argument(flag, dest=field.name, type=kind, default=None,
                             help=f"{help_text} (default: {default})", **extra)
+
+
+def _comma_list(kind: type) -> Any:
+    """argparse type: "0.001,0.002" -> [0.001, 0.002] of `kind`."""
+    def convert(text: str) -> list[Any]:
+        try:
+            return [kind(part.strip()) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {kind.__name__} in comma-separated list: {text!r}") from None
+
+    convert.__name__ = f"{kind.__name__} list"
+    return convert
 
 
 # What `--resume` may change: how long to train and where; the rest is the run's own.
@@ -94,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
         analogy.add_argument(name, metavar=role)
     analogy.add_argument("-k", type=int, default=3, help="answers to show (default: 3)")
     analogy.add_argument("--run", required=True, help="a run folder made by `w2v train`")
+
+    from common.sweep import SORT_KEYS
+
+    sweep = commands.add_parser("sweep", help="train a grid of settings in one backend and "
+                                "compare them (validation loss, WordSim353, SimLex, analogies)")
+    _add_train_flags(sweep, lists=True)
+    sweep.add_argument("--out", default="runs/sweep", help="sweep folder (default: runs/sweep)")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="retrain every point (default: a re-run trains only missing ones)")
+    sweep.add_argument("--sort", default="wordsim353", choices=tuple(SORT_KEYS),
+                       help="order of the printed table (default: wordsim353)")
 
     commands.add_parser("backends", help="list backends, installed or not, with devices")
     return parser
@@ -209,6 +240,20 @@ def command_analogy(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_sweep(args: argparse.Namespace) -> int:
+    from common.sweep import PLOT, TABLE, expand, format_table, run_sweep, summary
+
+    grid = {name: value if isinstance(value, list) else [value]
+            for name, value in _given_flags(args).items()}
+    grid.setdefault("backend", [os.environ.get("W2V_BACKEND", TrainConfig.backend)])
+    points = expand(grid)  # every point validated before anything trains
+    rows = run_sweep(points, args.out, overwrite=args.overwrite, sort=args.sort)
+    for line in format_table(rows) + summary(rows, args.sort):
+        print(line)
+    print(f"table: {Path(args.out) / TABLE}, plot: {Path(args.out) / PLOT}")
+    return 0
+
+
 def command_backends(args: argparse.Namespace) -> int:
     import backends
 
@@ -232,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handler = {"train": command_train, "similar": command_similar,
                    "evaluate": command_evaluate, "analogy": command_analogy,
-                   "backends": command_backends}[args.command]
+                   "sweep": command_sweep, "backends": command_backends}[args.command]
         return handler(args)
     except W2VError as error:
         print(f"w2v: error: {error}", file=sys.stderr)

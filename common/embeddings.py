@@ -31,21 +31,30 @@ def format_similar(tokens: Sequence[str], ids: np.ndarray, sims: np.ndarray) -> 
     return [f"cosine sim={float(sim):.3f}: {tokens[int(index)]}" for index, sim in zip(ids, sims)]
 
 
-def export_word2vec(destination: str | Path, tokens: Sequence[str], vectors: np.ndarray,
-                    *, binary: bool = False) -> Any:
-    """Write vectors in word2vec format (text by default), atomically, via gensim.
+def to_keyed_vectors(tokens: Sequence[str], vectors: np.ndarray) -> Any:
+    """Vectors (V, E) as gensim `KeyedVectors` in memory, `<unk>` left out.
 
-    Returns the gensim `KeyedVectors` it wrote, so callers can evaluate without re-reading.
-
-    `<unk>` is left out: it is not a word, and gensim readers would treat it as one.
+    `<unk>` is not a word, and gensim's evaluators and readers would treat it as one. Rows
+    keep the vocabulary's order (by count), which gensim's analogy evaluator relies on when
+    it limits the search to the most frequent words.
     """
     from gensim.models import KeyedVectors
 
     keep = [i for i, token in enumerate(tokens) if token != "<unk>"]
     keyed = KeyedVectors(vector_size=vectors.shape[1], dtype=np.float32)
-    keyed.add_vectors([tokens[i] for i in keep], vectors[keep].astype(np.float32))
+    keyed.add_vectors([tokens[i] for i in keep], np.asarray(vectors)[keep].astype(np.float32))
     # gensim sorts by a "count" attribute when writing; the vocabulary order is by count.
     keyed.expandos["count"] = np.arange(len(keep), 0, -1, dtype=np.int64)
+    return keyed
+
+
+def export_word2vec(destination: str | Path, tokens: Sequence[str], vectors: np.ndarray,
+                    *, binary: bool = False) -> Any:
+    """Write vectors in word2vec format (text by default), atomically, via gensim.
+
+    Returns the gensim `KeyedVectors` it wrote, so callers can evaluate without re-reading.
+    """
+    keyed = to_keyed_vectors(tokens, vectors)
     with atomic_path(destination) as temporary:
         keyed.save_word2vec_format(str(temporary), binary=binary)
     return keyed

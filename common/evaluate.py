@@ -59,7 +59,7 @@ def analogies(keyed: Any, path: str | Path) -> dict[str, float]:
                 "total": _count_lines(path, ":")}
     overall = next((s for s in sections if s["section"] == "Total accuracy"), sections[-1])
     covered = len(overall["correct"]) + len(overall["incorrect"])
-    return {"accuracy": float(score), "correct": len(overall["correct"]), "covered": covered,
+    return {"accuracy": float(score) if covered else float("nan"), "correct": len(overall["correct"]), "covered": covered,
             "total": _count_lines(path, ":")}
 
 

@@ -128,7 +128,12 @@ class _Session:
         self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.lr,
                                           device=config.device, seed=config.seed,
                                           optimizer=config.optimizer)
-        self.heldout = None  # the validation split's loss: wired in by the held-out feature
+        from common.heldout import HeldOut
+
+        # The validation split's loss after every epoch (None: the corpus has no such split).
+        self.heldout = HeldOut.build(config, self.vocab,
+                                     fixed_shapes=self.backend_class.fixed_shapes,
+                                     corpus_name=self.data.corpus_name, log=log)
         self.valid_losses: list[float] = []
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -78,3 +78,29 @@ def test_cli_evaluate_and_analogy(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["analogy", "chip", "intel", "monye", "--run", str(run)]) == 2
     assert "did you mean money" in _error_line(capsys)
+
+
+def test_in_memory_vectors_leave_out_unk_and_keep_the_order():
+    from common.embeddings import to_keyed_vectors
+
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    keyed = to_keyed_vectors(["<unk>", "the", "chip", "intel"], vectors)
+    assert keyed.index_to_key == ["the", "chip", "intel"]
+    np.testing.assert_array_equal(keyed["chip"], vectors[2])
+
+
+def test_no_covered_question_has_no_accuracy(tmp_path):
+    keyed = _keyed({"man": [1.0, 0.0], "woman": [0.0, 1.0]})
+    path = tmp_path / "questions.txt"
+    path.write_text(": family\nman king woman queen\n", encoding="utf-8")
+    result = analogies(keyed, path)
+    assert (result["correct"], result["covered"], result["total"]) == (0, 0, 1)
+    assert np.isnan(result["accuracy"])
+
+
+def test_quality_plot_is_written(tmp_path):
+    from common.plotting import plot_quality_vs_seconds
+
+    path = plot_quality_vs_seconds({"a": [[(1.0, 0.1), (2.0, 0.3)], [(1.2, 0.2)]], "b": [[(1.5, 0.2)]]},
+                                   tmp_path / "q.png", target=0.39, budget=15)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -109,6 +109,11 @@ def value_and_table_grads(graphdef: nnx.GraphDef, params: Tables, batch: Batch, 
     return loss, tables(center_grad, context_grad)
 
 
+def objective(graphdef: nnx.GraphDef, params: Tables, batch: Batch) -> jax.Array:
+    """The summed objective on `batch`, forward only: (B, 1), (B, L) ... -> a 0-d array."""
+    return nnx.merge(graphdef, params).objective(*batch)
+
+
 TrainStep = Callable[[Tables, optax.OptState, Batch], tuple[Tables, optax.OptState, jax.Array]]
 
 
@@ -171,6 +176,8 @@ class JaxBackend(Backend):
         self._train_step = make_train_step(graphdef, self._optimizer, chunked=chunked)
         self._loss_and_grads = jax.jit(functools.partial(value_and_table_grads, graphdef,
                                                          chunked=chunked))
+        # Not donated: evaluation must leave the parameters usable.
+        self._eval_loss = jax.jit(functools.partial(objective, graphdef))
         self.init_params(seed)
 
     # -- arrays ---------------------------------------------------------------------------
@@ -235,6 +242,9 @@ class JaxBackend(Backend):
         # The gradient that `train_step` uses, so parity tests check what trains.
         loss, grads = self._loss_and_grads(self._params, self._host_batch(batch))
         return float(loss), self._to_host(grads)
+
+    def eval_loss(self, batch: Batch) -> jax.Array:
+        return self._eval_loss(self._params, self._host_batch(batch))
 
     def train_step(self, batch: Batch) -> jax.Array:
         self._params, self._opt_state, loss = self._train_step(

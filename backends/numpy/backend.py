@@ -87,6 +87,11 @@ class NumpyBackend(Backend):
         loss = self._forward_backward(batch)
         return float(loss), Params(self._grads[0].copy(), self._grads[1].copy())
 
+    def eval_loss(self, batch: Batch) -> np.float32:
+        """The forward alone: no gradient buffer or Adam moment is touched."""
+        return DTYPE(model.objective(batch.centers, batch.contexts_negatives, batch.masks,
+                                     batch.labels, self._params[0], self._params[1]))
+
     def train_step(self, batch: Batch) -> np.float32:
         loss = self._forward_backward(batch)
         self._adam_update()

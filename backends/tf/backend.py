@@ -93,6 +93,8 @@ class TFBackend(Backend):
                                         input_signature=STACKED_SIGNATURE, jit_compile=True)
         self._loss_and_grads = tf.function(self._loss_and_grads_graph,
                                            input_signature=BATCH_SIGNATURE, jit_compile=True)
+        self._eval_loss = tf.function(self._eval_loss_graph, input_signature=BATCH_SIGNATURE,
+                                      jit_compile=True)
         self.init_params(seed)
 
     # -- arrays ---------------------------------------------------------------------------
@@ -169,6 +171,11 @@ class TFBackend(Backend):
         self.traces["loss_and_grads"] += 1
         return self._gradients(centers, contexts_negatives, masks, labels)
 
+    def _eval_loss_graph(self, centers: tf.Tensor, contexts_negatives: tf.Tensor,
+                         masks: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        self.traces["eval_loss"] += 1
+        return self.model.objective(centers, contexts_negatives, masks, labels)
+
     def _train_step_graph(self, centers: tf.Tensor, contexts_negatives: tf.Tensor,
                           masks: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         self.traces["train_step"] += 1
@@ -201,6 +208,11 @@ class TFBackend(Backend):
         with tf.device(self.tf_device):
             loss, gradients = self._loss_and_grads(*self._batch_tensors(batch))
         return float(loss), Params(*(g.numpy() for g in gradients))
+
+    def eval_loss(self, batch: Batch) -> tf.Tensor:
+        """The forward alone, compiled by XLA (traced once); no variable is assigned."""
+        with tf.device(self.tf_device):
+            return self._eval_loss(*self._batch_tensors(batch))
 
     def train_step(self, batch: Batch) -> tf.Tensor:
         with tf.device(self.tf_device):

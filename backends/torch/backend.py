@@ -145,6 +145,11 @@ class TorchBackend(Backend):
         loss = self._dense_gradients(batch)
         return float(loss), Params(*(_host_copy(table.grad) for table in self._tables))
 
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> torch.Tensor:
+        """The chapter's forward without autograd: no `.grad` or optimiser state is touched."""
+        return self.model.objective(*self._batch_tensors(batch))
+
     def train_step(self, batch: Batch) -> torch.Tensor:
         if self.sparse:
             self._optimizer.zero_grad(set_to_none=True)
