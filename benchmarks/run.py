@@ -1,126 +1,214 @@
-"""`make bench`: throughput of every backend installed in this environment, on every device.
+"""`make bench`: every benchmark, for every backend of this environment, on every device.
 
-    python -m benchmarks.run --env main      # .venv: numpy, torch, jax, tf
-    python -m benchmarks.run --env mxnet     # .venv-mxnet: numpy, mxnet
+    python -m benchmarks.run --env main      # .venv: numpy, torch, jax, tf; pipeline; gensim
+    python -m benchmarks.run --env mxnet     # .venv-mxnet: numpy (1.23), mxnet
+    python -m benchmarks.run --env main --quick   # a few minutes: fewer repeats and points
+    python -m benchmarks.run --render        # only redraw the tables and plots from the JSON
 
-Each backend runs in its own subprocess (a fresh framework, no cross-talk of thread pools),
-appends one JSON line per measurement to `benchmarks/results/throughput.jsonl`, and the table
-`benchmarks/results/latest.md` and chart `throughput.png` are rendered again from all lines.
+Steps (`--only` picks some): `throughput` (one epoch-timed figure per backend and device),
+`scaling` (centre words/s against batch and embedding size), `quality` (`w2v train` with the
+chapter's settings, 5 epochs: centre words/s, loss and WordSim353 rho), `pipeline` (Zipf
+corpora of 1M/10M/50M tokens, static vs resample), `peer` (gensim, 1 and 2 workers, 5 epochs;
+1 worker for 10 and 20 epochs). The last two run in the main environment only. Each
+measurement is its own subprocess (a fresh framework, no cross-talk of thread pools) and holds
+the shared lock `/tmp/w2v-cpu.lock` (`W2V_BENCH_LOCK`; empty turns it off) only while it
+measures, so do not wrap `make bench` in `flock` (it would be harmless, but hold the lock for
+the whole run). JSON lines go to `benchmarks/results/*.jsonl`; `latest.md`,
+`throughput.png`, `scaling_*.png` and `pipeline_scaling.*` are rendered from them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
-JSONL = RESULTS / "throughput.jsonl"
+from benchmarks import machine
+
+RESULTS = machine.RESULTS
+ROOT = RESULTS.parent.parent
+THROUGHPUT = RESULTS / "throughput.jsonl"
+QUALITY = RESULTS / "quality.jsonl"
+DEVICES = RESULTS / "devices.json"
+STEPS = ("throughput", "scaling", "quality", "pipeline", "peer")
+MAIN_ONLY = ("pipeline", "peer")
 
 
-def _devices(name: str) -> list[str]:
+def _run(command: list[str], *, lock: bool = True) -> int:
+    print("$", " ".join(command[2:] if command[1] == "-m" else command), flush=True)
+    if not lock:
+        return subprocess.run(command, cwd=ROOT).returncode
+    with machine.cpu_lock():
+        return subprocess.run(command, cwd=ROOT).returncode
+
+
+def env_backends(environment: str) -> list[str]:
+    """The installed backends this environment measures (the reference in both)."""
     import backends
 
-    return backends.load(name).devices()
-
-
-def run_all(environment: str, repeats: int) -> int:
-    import backends
-
-    status = 0
+    chosen = []
     for name in backends.names():
         if backends.environment(name) != environment and name != "numpy":
             continue
         if backends.missing(name):
             print(f"skip {name}: {backends.missing(name)}")
             continue
-        for device in _devices(name):
-            command = [sys.executable, "-m", "benchmarks.throughput", "--backend", name,
-                       "--device", device, "--repeats", str(repeats), "--out", str(JSONL)]
-            print("$", " ".join(command[1:]), flush=True)
-            done = subprocess.run(command, cwd=RESULTS.parent.parent)
-            status |= done.returncode
+        chosen.append(name)
+    return chosen
+
+
+def devices_of(name: str) -> list[str]:
+    """The backend's devices, asked in a subprocess (loading a framework here would stay)."""
+    code = f"import backends; print(','.join(backends.load({name!r}).devices()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    found = done.stdout.strip().splitlines()
+    return found[-1].split(",") if done.returncode == 0 and found else ["cpu"]
+
+
+def record_devices(found: dict[str, list[str]]) -> None:
+    """Merge what each backend offers into devices.json (the table says when there is no GPU)."""
+    from common.io import write_json
+
+    known = json.loads(DEVICES.read_text()) if DEVICES.exists() else {}
+    known.update({name: {"devices": devices, "date": machine.now(),
+                         "device_model": machine.cpu_model()} for name, devices in found.items()})
+    write_json(DEVICES, known)
+
+
+def step_throughput(names: list[str], found: dict[str, list[str]], repeats: int,
+                    data: list[str]) -> int:
+    status = 0
+    for name in names:
+        for device in found[name]:
+            status |= _run([sys.executable, "-m", "benchmarks.throughput", "--backend", name,
+                            "--device", device, "--repeats", str(repeats), "--out",
+                            str(THROUGHPUT), *data])
+        if not any(device.startswith("gpu") for device in found[name]):
+            print(f"{name}: no GPU on this machine (it offers {', '.join(found[name])}); "
+                  f"`--device gpu` says so and exits 2")
+    return status
+
+
+def step_scaling(names: list[str], found: dict[str, list[str]], quick: bool,
+                 data: list[str]) -> int:
+    options = (["--batch-sizes", "128", "512", "4096", "--embed-sizes", "50", "300",
+                "--timed-words", "30000", "--repeats", "2"] if quick else [])
+    status = 0
+    for name in names:
+        if name == "numpy" and os.environ.get("W2V_BENCH_ENV") == "mxnet":
+            continue  # the reference's curves come from the main environment
+        for device in found[name]:
+            # scaling.py holds the lock per point, not for its whole run.
+            status |= _run([sys.executable, "-m", "benchmarks.scaling", "--backend", name,
+                            "--device", device, *options, *data], lock=False)
+    return status
+
+
+def quality_record(run: Path, seconds_wall: float) -> dict[str, Any]:
+    """The figures of a finished `w2v train` run folder that the comparison needs."""
+    report = json.loads((run / "report.json").read_text())
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    return machine.stamp({
+        "benchmark": "quality", "backend": report["backend"],
+        "framework_version": report["framework_version"], "device": report["device"],
+        "optimizer": config.get("optimizer", "adam"), "epochs": len(report["epochs"]),
+        "batch_size": config["batch_size"], "embed_size": config["embed_size"],
+        "centre_words": report["centre_words"], "train_seconds": report["seconds"],
+        "centre_words_per_second": report["centre_words_per_second"],
+        "epoch_words_per_second": [e["words_per_second"] for e in report["epochs"]],
+        "all_epochs_mean_loss": report["all_epochs_mean_loss"],
+        "last_epoch_mean_loss": report["last_epoch_mean_loss"],
+        "wall_seconds": seconds_wall, "evaluation": evaluation})
+
+
+def step_quality(names: list[str], data: list[str]) -> int:
+    import time
+
+    w2v = str(Path(sys.executable).with_name("w2v"))
+    status = 0
+    folder = Path(tempfile.mkdtemp(prefix="w2v-bench-runs-"))
+    try:
+        for name in names:
+            if name == "numpy" and os.environ.get("W2V_BENCH_ENV") == "mxnet":
+                continue
+            run = folder / name
+            started = time.perf_counter()
+            code = _run([w2v, "train", "--backend", name, "--corpus", "ptb", "--out", str(run),
+                         "--overwrite", "--no-progress", *data])
+            status |= code
+            if code == 0:
+                row = quality_record(run, time.perf_counter() - started)
+                machine.append_jsonl(QUALITY, row)
+                wordsim = row["evaluation"]["wordsim353"]
+                print(f"{name}: {row['centre_words_per_second']:,.0f} centre words/s over 5 "
+                      f"epochs ({row['train_seconds']:.1f} s), loss "
+                      f"{row['all_epochs_mean_loss']:.3f}, WordSim353 rho "
+                      f"{wordsim['spearman']:.3f}", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return status
+
+
+def run_all(environment: str, *, quick: bool, only: tuple[str, ...], data_path: str | None) -> int:
+    os.environ["W2V_BENCH_ENV"] = environment
+    data = ["--data", data_path] if data_path else []
+    names = env_backends(environment)
+    found = {name: devices_of(name) for name in names}
+    record_devices(found)
+    status = 0
+    if "throughput" in only:
+        status |= step_throughput(names, found, 1 if quick else 3, data)
+    if "scaling" in only:
+        status |= step_scaling(names, found, quick, data)
+    if "quality" in only and not quick:
+        status |= step_quality(names, data)
+    if environment == "main" and "pipeline" in only:
+        sizes = ["200k", "1M"] if quick else ["1M", "10M", "50M"]
+        status |= _run([sys.executable, "-m", "benchmarks.pipeline_scaling", "--sizes", *sizes],
+                       lock=False)  # locks per point
+    if environment == "main" and "peer" in only and not quick:
+        status |= _run([sys.executable, "-m", "benchmarks.peer", "--workers", "1", "2", *data])
+        # Longer gensim trainings: what it reaches in as many seconds as our backends take.
+        status |= _run([sys.executable, "-m", "benchmarks.peer", "--workers", "1", "--epochs",
+                        "10", "20", *data])
     render()
     return status
 
 
-def _latest_rows() -> list[dict]:
-    """The newest measurement per (backend, optimizer, device, batch, embed size)."""
-    rows: dict[tuple, dict] = {}
-    if JSONL.exists():
-        for line in JSONL.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                key = (row["backend"], row["framework_version"], row["optimizer"], row["device"],
-                       row["batch_size"],
-                       row["embed_size"])
-                rows[key] = row
-    return sorted(rows.values(), key=lambda r: (r["device"], -r["centre_words_per_second"]))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=("main", "mxnet"))
+    parser.add_argument("--quick", action="store_true",
+                        help="1 repeat, 5 scaling points, small corpora; no quality or peer")
+    parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
+    parser.add_argument("--data", default=os.environ.get("W2V_PTB"),
+                        help="ptb.zip or folder (default: env W2V_PTB)")
+    parser.add_argument("--render", "--render-only", action="store_true", dest="render",
+                        help="only redraw tables and plots from the JSON lines")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        render()
+        return 0
+    if not args.env:
+        parser.error("give --env main or --env mxnet (or --render)")
+    if not args.data:
+        print("note: no --data and W2V_PTB unset; PTB comes from the cache or a download")
+    return run_all(args.env, quick=args.quick, only=tuple(args.only), data_path=args.data)
 
 
 def render() -> None:
-    """latest.md (a table) and throughput.png (bars per device) from the JSON lines."""
-    from common.io import write_text
+    """Every table and plot from the JSON lines (see `benchmarks.report`)."""
+    from benchmarks import report
 
-    rows = _latest_rows()
-    lines = ["| backend | version | optimizer | device | centre words/s (min-max) | ms/step "
-             "| warm-up s | peak RSS MiB | loss after timed epoch | date | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['backend']} | {r['framework_version']} | {r['optimizer']} | {r['device']} | "
-            f"{r['centre_words_per_second']:,.0f} ({r['centre_words_per_second_min']:,.0f}-"
-            f"{r['centre_words_per_second_max']:,.0f}) | {r['ms_per_step']:.2f} | "
-            f"{r['warmup_seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['loss_after_timed_epoch']:.3f} | {r['date'][:10]} | {r['commit']} |")
-    cpu = rows[0]["cpu"] if rows else "unknown"
-    header = (f"Centre words per second (the chapter's 'tokens'), median of timed epochs on PTB "
-              f"after warm-up; batch 512, embed 100 unless noted. CPU: {cpu}, "
-              f"{rows[0]['threads'] if rows else '?'} threads.\n\n")
-    write_text(RESULTS / "latest.md", header + "\n".join(lines) + "\n")
-    if not rows:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common.io import atomic_path
-
-    devices = sorted({r["device"] for r in rows})
-    figure, axes = plt.subplots(1, len(devices), figsize=(5 * len(devices), 3.2), dpi=120,
-                                squeeze=False)
-    for axis, device in zip(axes[0], devices):
-        chosen = [r for r in rows if r["device"] == device]
-        labels = [f"{r['backend']} {r['framework_version']}\n{r['optimizer']}" for r in chosen]
-        values = [r["centre_words_per_second"] for r in chosen]
-        errors = [[v - r["centre_words_per_second_min"] for v, r in zip(values, chosen)],
-                  [r["centre_words_per_second_max"] - v for v, r in zip(values, chosen)]]
-        axis.bar(labels, values, yerr=errors, capsize=3, color="tab:blue")
-        axis.set_title(f"{device}: centre words/s (PTB, B=512, E=100)", fontsize=8)
-        axis.tick_params(labelsize=7)
-        axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    with atomic_path(RESULTS / "throughput.png", suffix=".png") as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", choices=("main", "mxnet"), required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("W2V_PTB"):
-        print("note: W2V_PTB is unset; PTB comes from the cache or a download")
-    if args.render_only:
-        render()
-        return 0
-    return run_all(args.env, args.repeats)
+    for written in report.render_all():
+        print(f"wrote {written.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

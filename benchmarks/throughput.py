@@ -1,73 +1,69 @@
-"""Centre words per second of one backend's training step on PTB, per epoch.
+"""Centre words per second of one backend's training step on PTB.
 
     python -m benchmarks.throughput --backend torch --device cpu [--data ptb.zip] [--repeats 3]
+    python -m benchmarks.throughput --backend jax --batch-size 2048 --timed-words 120000
 
 Warm-up (compilation, first-touch allocation) is timed apart from the steady state: the
-first `--warmup-steps` steps run and are synchronised before the clock starts; then whole
-epochs are timed, each region ending with `synchronize()`. Prints one readable line and one
-JSON line (appended to `--out` when given). The unit is the chapter's "tokens": centre words.
+first `--warmup-steps` steps run and are synchronised before the clock starts. Then
+`--repeats` regions are timed, each ending with `synchronize()`: whole epochs by default
+(the issue's per-epoch figure), or, with `--timed-words N`, the first ceil(N / batch size)
+steps of an epoch (the scaling curves). The figure is the median of the repeats, with their
+min and max. The unit is the chapter's "tokens": centre words, i.e. real (unpadded) rows.
+Prints one readable line and one JSON line (appended to `--out` when given).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
+import math
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks import machine
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _commit() -> str:
+def device_model(device: str) -> str:
+    """What runs the step: the CPU's model, or the GPU's name as nvidia-smi gives it."""
+    if device == "cpu":
+        return machine.cpu_model()
+    index = device.partition(":")[2] or "0"
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader",
+                               "-i", index], capture_output=True, text=True, timeout=10)
+        return name.stdout.strip() or "unknown GPU"
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown GPU"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def measure(backend_name: str, device: str, *, data_path: str | None, repeats: int,
-            warmup_steps: int, batch_size: int, embed_size: int, optimizer: str,
-            seed: int = 0) -> dict[str, Any]:
-    """Train `repeats` timed epochs after a warm-up; return the measurement as a dict."""
-    import backends
+def load_data(backend_class: Any, device: str, *, data_path: str | None, batch_size: int,
+              embed_size: int, optimizer: str, seed: int = 0) -> tuple[Any, Any]:
+    """The chapter's config with these sizes, and PTB's static epochs shaped for the backend."""
     from backends.base import require_device
-    from common.batching import prefetch
     from common.config import TrainConfig
     from common.data import prepare_training_data
-    from common.training import real_examples, step_groups
 
-    backend_class = backends.load(backend_name)
     require_device(device, backend_class.devices())
     config = TrainConfig(backend=backend_class.name, device=device, corpus="ptb", data=data_path,
                          batch_size=batch_size, embed_size=embed_size, optimizer=optimizer,
                          seed=seed).validate()
     data = prepare_training_data(config, fixed_shapes=backend_class.fixed_shapes,
                                  log=lambda line: None)
-    backend = backend_class(len(data.vocab), embed_size, lr=config.lr, device=device,
-                            seed=seed, optimizer=optimizer)
+    return config, data
+
+
+def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, repeats: int,
+                    warmup_steps: int, timed_words: int | None = None) -> dict[str, Any]:
+    """Warm up, then time `repeats` regions (epochs, or `timed_words` worth of steps)."""
+    from common.batching import prefetch
+    from common.training import real_examples, step_groups
+
+    backend = backend_class(len(data.vocab), config.embed_size, lr=config.lr, device=device,
+                            seed=config.seed, optimizer=config.optimizer)
     # Steps go in groups of `steps_per_call`, as the epoch driver hands them to the backend.
     group_size = backend_class.steps_per_call
     started = time.perf_counter()
@@ -76,31 +72,40 @@ def measure(backend_name: str, device: str, *, data_path: str | None, repeats: i
     backend.synchronize()
     warmup_seconds = time.perf_counter() - started
 
-    epochs = []
+    steps = None
+    if timed_words is not None:  # whole groups, so a compiled multi-step call is never cut
+        steps = min(data.num_batches(1), math.ceil(timed_words / config.batch_size))
+        steps = max(group_size, steps - steps % group_size)
+    regions = []
     for repeat in range(repeats):
         words, losses = 0, []
+        # The batches are cut on a background thread, as in training; the next region's data
+        # is a different epoch, so no repeat trains on exactly the batches of the one before.
+        batches = prefetch(islice(data.batches(repeat + 1), steps))
         backend.synchronize()
         started = time.perf_counter()
-        for group in step_groups(prefetch(data.batches(repeat + 1)), group_size):
+        for group in step_groups(batches, group_size):
             losses.extend(backend.train_steps(group))
             words += sum(real_examples(batch) for batch in group)
         backend.synchronize()
         seconds = time.perf_counter() - started
         loss = float(backend.losses_to_numpy(losses).sum()) / words
-        epochs.append({"seconds": seconds, "words": words, "steps": len(losses), "loss": loss})
-    rates = [e["words"] / e["seconds"] for e in epochs]
-    step_ms = [1000 * e["seconds"] / e["steps"] for e in epochs]
+        regions.append({"seconds": seconds, "words": words, "steps": len(losses), "loss": loss})
+    rates = [r["words"] / r["seconds"] for r in regions]
+    step_ms = [1000 * r["seconds"] / r["steps"] for r in regions]
     return {
+        "benchmark": "throughput",
         "backend": backend_class.name,
         "framework_version": backend_class.version(),
-        "optimizer": optimizer,
+        "optimizer": config.optimizer,
         "steps_per_call": group_size,
         "device": backend.device,
-        "cpu": _cpu_model(),
-        "threads": os.cpu_count(),
-        "batch_size": batch_size,
-        "embed_size": embed_size,
+        "device_model": device_model(backend.device),
+        "batch_size": config.batch_size,
+        "embed_size": config.embed_size,
         "vocab_size": len(data.vocab),
+        "timed": "epoch" if steps is None else f"{steps} steps",
+        "timed_words": regions[-1]["words"],
         "centre_words_per_second": statistics.median(rates),
         "centre_words_per_second_min": min(rates),
         "centre_words_per_second_max": max(rates),
@@ -108,12 +113,41 @@ def measure(backend_name: str, device: str, *, data_path: str | None, repeats: i
         "warmup_seconds": warmup_seconds,
         "warmup_steps": warmup_steps,
         "repeats": repeats,
-        "loss_after_timed_epoch": epochs[-1]["loss"],
-        "peak_rss_mib": _peak_rss_mib(),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        # Mean per-example loss over the last timed region: a check that the step trains.
+        "loss_after_timed_epoch": regions[-1]["loss"],
+        "peak_rss_mib": machine.peak_rss_mib(),
     }
+
+
+def measure(backend_name: str, device: str, *, data_path: str | None, repeats: int,
+            warmup_steps: int, batch_size: int, embed_size: int, optimizer: str,
+            timed_words: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Load the backend and PTB, then `measure_backend`; the record carries machine facts."""
+    import backends
+
+    backend_class = backends.load(backend_name)
+    config, data = load_data(backend_class, device, data_path=data_path, batch_size=batch_size,
+                             embed_size=embed_size, optimizer=optimizer, seed=seed)
+    return machine.stamp(measure_backend(backend_class, device, config, data, repeats=repeats,
+                                         warmup_steps=warmup_steps, timed_words=timed_words))
+
+
+def summary(row: dict[str, Any]) -> str:
+    """One readable line of a record."""
+    return (f"{row['backend']} {row['framework_version']} ({row['optimizer']}) on "
+            f"{row['device']}, B={row['batch_size']} E={row['embed_size']}: "
+            f"{row['centre_words_per_second']:,.0f} centre words/s "
+            f"(min {row['centre_words_per_second_min']:,.0f}, max "
+            f"{row['centre_words_per_second_max']:,.0f} over {row['repeats']} x {row['timed']}), "
+            f"{row['ms_per_step']:.2f} ms/step, warm-up {row['warmup_seconds']:.1f} s, "
+            f"peak RSS {row['peak_rss_mib']:.0f} MiB, loss {row['loss_after_timed_epoch']:.3f}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, help="ptb.zip or folder (default: env W2V_PTB)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed regions (median reported)")
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--optimizer", default="adam")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,33 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default=os.environ.get("W2V_BACKEND", "torch"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data", default=None, help="ptb.zip or folder (default: env W2V_PTB)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median reported)")
-    parser.add_argument("--warmup-steps", type=int, default=20)
+    add_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--embed-size", type=int, default=100)
-    parser.add_argument("--optimizer", default="adam")
-    parser.add_argument("--out", type=Path, default=None, help="append the JSON line here")
+    parser.add_argument("--timed-words", type=int, default=None,
+                        help="time this many centre words per repeat instead of a whole epoch")
+    parser.add_argument("--out", default=None, help="append the JSON line here")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup_steps < 0 or (args.timed_words or 1) < 1:
+        parser.error("--repeats and --timed-words must be positive, --warmup-steps >= 0")
     try:
         row = measure(args.backend, args.device, data_path=args.data, repeats=args.repeats,
                       warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-                      embed_size=args.embed_size, optimizer=args.optimizer)
+                      embed_size=args.embed_size, optimizer=args.optimizer,
+                      timed_words=args.timed_words)
     except W2VError as error:
         print(f"throughput: error: {error}", file=sys.stderr)
         return error.exit_code
-    print(f"{row['backend']} {row['framework_version']} ({row['optimizer']}) on {row['device']}: "
-          f"{row['centre_words_per_second']:,.0f} centre words/s "
-          f"(min {row['centre_words_per_second_min']:,.0f}, max "
-          f"{row['centre_words_per_second_max']:,.0f} over {row['repeats']} epochs), "
-          f"{row['ms_per_step']:.2f} ms/step, warm-up {row['warmup_seconds']:.1f} s, "
-          f"peak RSS {row['peak_rss_mib']:.0f} MiB, loss {row['loss_after_timed_epoch']:.3f}")
-    line = json.dumps(row, sort_keys=True)
-    print(line)
+    print(summary(row))
+    print(json.dumps(row, sort_keys=True))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        machine.append_jsonl(args.out, row)
     return 0
 
 

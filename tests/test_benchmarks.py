@@ -1,0 +1,127 @@
+"""Benchmarks: the gensim peer's figures, generated corpora, tables, the GPU path, the lock.
+
+Speed is never asserted; these check that the figures mean what the tables say they mean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sentences(count: int = 400) -> list[list[str]]:
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+    return [[words[min(int(k), 59)] for k in rng.zipf(1.5, size=int(rng.integers(3, 15)))]
+            for _ in range(count)]
+
+
+def test_gensim_peer_times_training_apart_and_counts_effective_words():
+    pytest.importorskip("gensim")
+    from benchmarks.peer import CHAPTER, train_gensim
+
+    result = train_gensim(_sentences(), workers=1, epochs=2, min_count=1, vector_size=8)
+    assert result.params["sg"] == CHAPTER["sg"] == 1 and result.params["negative"] == 5
+    assert result.params["vector_size"] == 8 and result.params["epochs"] == 2
+    raw = sum(map(len, _sentences())) * 2
+    assert result.raw_words == raw
+    # Subsampling (t = 1e-4 on a tiny corpus) keeps only a part of the words.
+    assert 0 < result.effective_words < raw
+    assert result.train_seconds > 0 and result.vocab_seconds > 0
+    assert result.words_per_second == result.effective_words / result.train_seconds
+    assert result.keyed.vector_size == 8 and "w1" in result.keyed
+    record = json.loads(json.dumps(result.record()))
+    assert record["centre_words_per_second"] == pytest.approx(result.words_per_second)
+    assert {"cpu", "threads", "date", "commit", "gensim_version"} <= record.keys()
+
+
+def test_zipf_corpus_is_exact_in_size_and_seeded():
+    from benchmarks.pipeline_scaling import TYPES, encoded_corpus, parse_size, zipf_corpus
+
+    ids, offsets = zipf_corpus(50_000, seed=3)
+    again, _ = zipf_corpus(50_000, seed=3)
+    assert len(ids) == offsets[-1] == 50_000 and offsets[0] == 0
+    assert np.array_equal(ids, again) and (np.diff(offsets) >= 1).all()
+    assert ids.min() >= 0 and ids.max() < TYPES
+    frequency = np.bincount(ids)
+    assert frequency[0] > frequency[1] > frequency[10] > frequency[100]  # Zipf: rank 0 first
+    corpus, counts = encoded_corpus(50_000, seed=3)
+    assert counts.sum() == 50_000 and np.array_equal(np.bincount(corpus.tokens), counts)
+    assert (np.diff(counts[1:]) <= 0).all() and counts[-1] >= 10  # by count, min_freq 10
+    assert parse_size("1M") == 10**6 and parse_size("500k") == 500_000
+    with pytest.raises(Exception, match="not a size"):
+        parse_size("lots")
+
+
+def test_scaling_points_share_the_chapters_point_once():
+    from benchmarks.scaling import points
+
+    chosen = points((128, 512, 4096), (50, 100, 300))
+    assert chosen == [(128, 100), (512, 100), (4096, 100), (512, 50), (512, 300)]
+
+
+def _quality(backend: str, rate: float, rho: float) -> dict:
+    return {"backend": backend, "framework_version": "1", "device": "cpu", "epochs": 5,
+            "batch_size": 512, "centre_words_per_second": rate, "train_seconds": 1.7e6 / rate,
+            "all_epochs_mean_loss": 0.41, "date": "2026-01-01",
+            "evaluation": {"wordsim353": {"spearman": rho, "covered": 217, "total": 353}}}
+
+
+def _peer(workers: int, rate: float, rho: float) -> dict:
+    return {"gensim_version": "4.4.0", "workers": workers, "epochs": 5,
+            "centre_words_per_second": rate, "train_seconds": 2e6 / rate, "date": "2026-01-01",
+            "evaluation": {"wordsim353": {"spearman": rho, "covered": 217, "total": 353}}}
+
+
+def test_the_comparison_says_plainly_who_is_faster_and_who_is_better():
+    from benchmarks.report import comparison_table, verdict
+
+    quality = [_quality("torch", 125_000, 0.22), _quality("numpy", 50_000, 0.21)]
+    peers = [_peer(1, 290_000, 0.14), _peer(2, 310_000, 0.13)]
+    sentence = verdict(quality, peers)
+    assert "gensim (2 workers) is 2.5x faster than the fastest backend here (torch)" in sentence
+    assert "w2v-multi's vectors are better" in sentence and "rho 0.220 for torch" in sentence
+    swapped = verdict([_quality("torch", 400_000, 0.1)], peers)
+    assert "(torch) is 1.3x faster than gensim" in swapped
+    assert "gensim's vectors are better" in swapped
+    assert "Per second of training" not in sentence  # no longer gensim run to compare with
+    longer = {**_peer(1, 290_000, 0.25), "epochs": 20, "train_seconds": 14.0}
+    assert ("given 14.0 s (20 epochs, 1 worker), gensim reaches rho 0.250, above torch's 0.220 "
+            "in 13.6 s: gensim gives the better vectors per second") in verdict(quality,
+                                                                                 peers + [longer])
+    table = comparison_table(quality, peers).splitlines()
+    assert len(table) == 2 + 4 and "0.220 (217/353)" in table[2] and "310,000" in table[5]
+
+
+def _run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_asking_for_a_gpu_the_machine_lacks_is_one_line_and_exit_2():
+    import backends
+
+    if any(d != "cpu" for d in backends.load("numpy").devices()):
+        pytest.skip("this machine has a GPU")
+    done = _run("benchmarks.throughput", "--backend", "numpy", "--device", "gpu")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("throughput: error: device 'gpu' is not available here; "
+                                   "this machine offers: cpu")
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs util-linux flock")
+def test_the_benchmark_lock_is_not_taken_twice_under_flock(tmp_path):
+    lock = tmp_path / "cpu.lock"
+    code = "from benchmarks.machine import cpu_lock\nwith cpu_lock(): print('inside')"
+    done = subprocess.run(["flock", str(lock), sys.executable, "-c", code], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "W2V_BENCH_LOCK": str(lock)})
+    assert done.returncode == 0 and done.stdout.strip() == "inside"
