@@ -1,5 +1,6 @@
-"""What only the MXNet backend has: a hybridized step, torch's Adam on MXNet's kernel, dense
-updates of untouched rows, a quiet start-up, and the `--device` -> mx.Context mapping.
+"""What only the MXNet backend has: the pair plan and its hybridized objective, a written-out
+gradient equal to autograd's, torch's Adam on MXNet's kernel, dense updates of untouched rows,
+a quiet start-up, its engine setting, and the `--device` -> mx.Context mapping.
 
 The parity tests (test_parity.py) already hold it to the NumPy reference through the interface.
 """
@@ -19,6 +20,7 @@ from test_parity import EMBED, VOCAB, make_batch
 
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS
+from common.batching import Batch
 from common.errors import DeviceError
 
 mx = pytest.importorskip("mxnet")
@@ -35,16 +37,82 @@ def backend(**options: object):
     return backends.load("mxnet")(VOCAB, EMBED, seed=3, **options)
 
 
-def test_step_runs_as_one_hybridized_graph(tmp_path):
+def test_step_runs_the_pair_objective_as_one_hybridized_graph(tmp_path):
     trainer = backend()
-    assert trainer.fixed_shapes
     trainer.train_step(make_batch(np.random.default_rng(0)))
     # `export` exists only for a block that was hybridized and has run: it writes the
-    # cached graph, whose nodes are the chapter's operators.
-    trainer.objective.export(str(tmp_path / "step"))
+    # cached graph, whose nodes are the forward's operators.
+    trainer.pairs.export(str(tmp_path / "step"))
     graph = (tmp_path / "step-symbol.json").read_text()
-    for operator in ("Embedding", "batch_dot", "Activation"):
+    for operator in ("Embedding", "FullyConnected", "Activation", "_npx_sigmoid"):
         assert f'"op": "{operator}"' in graph, operator
+
+
+def test_pair_plan_lists_real_slots_sorted_by_centre():
+    from backends.mxnet.model import pair_plan
+
+    batch = Batch(centers=np.array([[3], [1], [3]], np.int32),
+                  contexts_negatives=np.array([[4, 0, 2], [5, 6, 0], [0, 0, 0]], np.int32),
+                  masks=np.array([[1, 0, 1], [1, 1, 0], [0, 0, 0]], np.float32),
+                  labels=np.array([[1, 0, 0], [1, 0, 0], [0, 0, 0]], np.float32))
+    plan = pair_plan(batch, vocab_size=7, capacity=6)
+    capacity, count = plan.capacity, plan.count
+    assert count == 4  # the all-padding row gives no pair
+    center_ids, context_ids, row_starts = (plan.ids[:capacity], plan.ids[capacity:2 * capacity],
+                                           plan.ids[2 * capacity:])
+    signs, weights = plan.floats[:capacity], plan.floats[capacity:]
+    # Example 1 (centre 1) first, then example 0 (centre 3); padding entries are zeros.
+    np.testing.assert_array_equal(center_ids, [1, 1, 3, 3, 0, 0])
+    np.testing.assert_array_equal(context_ids, [5, 6, 4, 2, 0, 0])
+    np.testing.assert_array_equal(signs, [-1, 1, -1, 1, 0, 0])
+    np.testing.assert_array_equal(weights, [0.5, 0.5, 0.5, 0.5, 0, 0])
+    np.testing.assert_array_equal(row_starts, [0, 0, 2, 2, 4, 4, 4, 4])  # CSR rows 0..6
+
+
+def test_written_out_gradient_matches_autograd_on_the_chapters_objective():
+    """`loss_and_grads` (pairs, sparse products) against MXNet autograd on `batch_dot`."""
+    from mxnet import autograd
+
+    trainer = backend()
+    batch = make_batch(np.random.default_rng(6), all_padding_row=True)
+    loss, grads = trainer.loss_and_grads(batch)
+
+    parameters = (trainer.net.center.weight, trainer.net.context.weight)
+    arrays = [trainer.asarray(np.asarray(x, dtype)) for x, dtype in (
+        (batch.centers, np.int32), (batch.contexts_negatives, np.int32),
+        (batch.masks, np.float32), (batch.labels, np.float32))]
+    with autograd.record():
+        chapter_loss = trainer.objective(*arrays)
+    chapter_loss.backward()
+    assert loss == pytest.approx(float(chapter_loss.asnumpy()), rel=1e-5)
+    for got, parameter in zip(grads, parameters):
+        np.testing.assert_allclose(got, parameter.grad().asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_padding_and_pair_capacity_change_nothing():
+    """The same examples padded to more slots, and a batch past the pair capacity, agree
+    with the reference; the capacity grows, smaller batches then run padded, and give bit
+    for bit what they gave before it grew (so a resumed run, whose capacity starts small
+    again, continues exactly)."""
+    trainer, reference = backend(), backends.load("numpy")(VOCAB, EMBED, seed=3)
+    rng = np.random.default_rng(8)
+    large = make_batch(rng, batch_size=400)  # up to 7,200 pairs: past the first capacity
+    small = make_batch(rng, batch_size=5)
+    padded = Batch(np.pad(small.centers, ((0, 2), (0, 0))),  # two all-padding rows,
+                   *(np.pad(array, ((0, 2), (0, 7))) for array in small[1:]))  # 7 more slots
+    results = []
+    for batch in (small, large, small, padded):
+        loss, grads = trainer.loss_and_grads(batch)
+        results.append((loss, grads))
+        expected_loss, expected_grads = reference.loss_and_grads(batch)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+        for got, want in zip(grads, expected_grads):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert trainer._capacity >= np.count_nonzero(large.masks) > 1024
+    (first_loss, first_grads), (again_loss, again_grads) = results[0], results[2]
+    assert again_loss == first_loss
+    for first, again in zip(first_grads, again_grads):
+        np.testing.assert_array_equal(again, first)
 
 
 def torch_adam_reference(weight, grad, exp_avg, exp_avg_sq, step, lr):
@@ -140,3 +208,18 @@ def test_cli_output_has_no_mxnet_noise(tmp_path, name):
         # MXNet's C++ logging starts lines with a [hh:mm:ss] time stamp.
         assert not re.match(r"\[\d\d:\d\d:\d\d\]", line), line
         assert "Warning" not in line and "StorageManager" not in line, line
+
+
+def test_two_engine_workers_unless_the_user_says_otherwise():
+    """The backend asks MXNet for two CPU worker threads, before MXNet reads the setting."""
+    code = ("import os, backends; backends.load('mxnet'); "
+            "print(os.environ['MXNET_CPU_WORKER_NTHREADS'])")
+    for given, expected in ((None, "2"), ("1", "1")):
+        environment = dict(os.environ, PYTHONPATH=str(ROOT))
+        environment.pop("MXNET_CPU_WORKER_NTHREADS", None)
+        if given is not None:
+            environment["MXNET_CPU_WORKER_NTHREADS"] = given
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=environment, cwd=ROOT, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == expected

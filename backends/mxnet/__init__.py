@@ -11,6 +11,12 @@ import warnings
 # A user's own setting wins (setdefault). Storage fallbacks (sparse -> dense) cannot happen
 # here (both embeddings have dense gradients), but their log lines would be noise if they did.
 os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
+# Two engine threads for CPU operators instead of MXNet's one. MXNet runs each operator on one
+# OpenMP thread where it guesses hyperthreads (it halves the CPU count: 1 on a 2-core machine),
+# so with one worker the second core idled. The training step is two independent chains (the
+# centre and the context table: gradient product, then Adam), which two workers run side by
+# side; the engine reads this once, when it starts.
+os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "2")
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

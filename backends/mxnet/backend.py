@@ -3,30 +3,35 @@
 Three differences from that tab, each so that it trains what the PyTorch tab (and every other
 backend here) trains:
 - Xavier-uniform tables, set from `init_params_numpy` (the tab kept Gluon's default init).
-- `trainer.step(1)`, not `trainer.step(batch_size)`: Gluon's `step(n)` multiplies gradients
-  by 1/n, so the tab optimised the *mean* over the batch while the PyTorch tab optimises the
-  sum (`l.sum().backward()`). Adam is nearly scale-invariant, but not exactly (eps), and the
-  losses would not match.
+- The summed objective, not the mean: the tab's `trainer.step(batch_size)` multiplies
+  gradients by 1/B, while the PyTorch tab optimises the sum (`l.sum().backward()`). Adam is
+  nearly scale-invariant, but not exactly (eps), and the losses would not match.
 - `TorchAdam` below instead of Gluon's 'adam': the same fused `adam_update` kernel with the
   bias corrections and eps placed as torch.optim.Adam places them.
-The step is one hybridized graph (`model.SkipGramObjective`) with static memory and shapes,
-hence `fixed_shapes = True`: every batch arrives padded to L = 2 * max_window * (1 + K).
+
+The step (`train_step`) is written out rather than taken from autograd, as torch's is:
+`model.pair_plan` lists the batch's real pairs on the host, the hybridized
+`model.PairObjective` (one cached graph, static memory) gives the loss and d loss / d logits,
+`model.dense_gradients` sums the table gradients as two sparse matrix products, and
+`adam_update` updates each table in place. `loss_and_grads` returns that same gradient, and
+`tests/test_mxnet_backend.py` checks it against autograd on the chapter's `SkipGramObjective`.
+Where the time goes, and what was tried: README, "How each backend is made fast".
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Any, ClassVar
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
 
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
 from backends.mxnet import model
 from common.batching import Batch
 from common.errors import ConfigError
 
-TABLES = ("center", "context")  # parameter order: Trainer index 0 and 1, as in Params
+TABLES = ("center", "context")  # optimiser index 0 and 1, as in Params
 
 
 def available_devices() -> list[str]:
@@ -60,8 +65,9 @@ class TorchAdam(mx.optimizer.Optimizer):
     lazy update would skip rows absent from a row-sparse gradient).
 
     The moments are created here and kept by index (0 centre, 1 context), and the step
-    counted here, so that the backend can read and restore them without reaching into the
-    Trainer's private updaters.
+    counted here, so that the backend can read and restore them. The backend calls `update`
+    itself: Gluon's Trainer would add an Updater, gradient bookkeeping and a Python loop for
+    what is two kernel calls.
     """
 
     def __init__(self, learning_rate: float) -> None:
@@ -75,12 +81,12 @@ class TorchAdam(mx.optimizer.Optimizer):
         """(exp_avg, exp_avg_sq) for parameter `index`: zeros, or what was loaded before."""
         if index not in self.moments:
             self.moments[index] = tuple(
-                mx.nd.zeros(weight.shape, weight.context, dtype=weight.dtype) for _ in range(2))
+                mx.nd.zeros(weight.shape, weight.ctx, dtype=weight.dtype) for _ in range(2))
         return self.moments[index]
 
     def update(self, index: int, weight: mx.nd.NDArray, grad: mx.nd.NDArray,
                state: tuple[mx.nd.NDArray, mx.nd.NDArray]) -> None:
-        """One Adam step of `weight` in place (the Updater calls it once per parameter)."""
+        """One Adam step of `weight` in place, once per parameter and step."""
         step = self.steps.get(index, 0) + 1
         self.steps[index] = step
         bias_correction1 = 1 - self.beta1 ** step
@@ -94,12 +100,12 @@ class TorchAdam(mx.optimizer.Optimizer):
 
 
 class MXNetBackend(Backend):
-    """MXNet 1.9 Gluon, hybridized, on CPU or CUDA: `--device cpu`, `gpu`, `gpu:N`."""
+    """MXNet 1.9 Gluon on CPU or CUDA: `--device cpu`, `gpu`, `gpu:N`."""
 
     name: ClassVar[str] = "mxnet"
     framework: ClassVar[str] = "mxnet"
-    # A hybridized graph with static_shape is planned for one shape; a new shape re-plans it.
-    fixed_shapes: ClassVar[bool] = True
+    # The compiled step sees pairs, not (B, L) slots: a batch's own L costs nothing extra.
+    fixed_shapes: ClassVar[bool] = False
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
@@ -110,22 +116,24 @@ class MXNetBackend(Backend):
             raise ConfigError(f"the mxnet backend offers only --optimizer adam, got {optimizer!r}")
         self.net = model.SkipGram(vocab_size, embed_size)
         self.net.initialize(ctx=self.context)  # Xavier, then overwritten by init_params
-        self.objective = model.SkipGramObjective(self.net)
-        # One cached graph for forward + loss + backward; static_alloc keeps its memory
-        # (the (B, L, E) rows and their gradient) from step to step.
-        self.objective.hybridize(static_alloc=True, static_shape=True)
+        self.objective = model.SkipGramObjective(self.net)  # the chapter's, for autograd
+        self.pairs = model.PairObjective(vocab_size, embed_size)
+        # One cached graph for the forward and d loss / d logits; static_alloc keeps its
+        # memory from step to step, static_shape its plan (hence the fixed pair capacity).
+        self.pairs.hybridize(static_alloc=True, static_shape=True)
+        self._capacity = 0
+        self._grads = tuple(mx.np.zeros((vocab_size, embed_size), ctx=self.context)
+                            for _ in TABLES)
         self._new_optimizer()
         self.init_params(seed)
 
     @property
-    def _parameters(self) -> tuple[gluon.Parameter, gluon.Parameter]:
-        return self.net.center.weight, self.net.context.weight
+    def _tables(self) -> tuple[mx.np.ndarray, mx.np.ndarray]:
+        return self.net.center.weight.data(), self.net.context.weight.data()
 
     def _new_optimizer(self) -> None:
         """A fresh optimiser (no state, step 0) over both tables, in `TABLES` order."""
         self._optimizer = TorchAdam(self.lr)
-        # kvstore=None: one device, nothing to reduce; the Updater applies TorchAdam directly.
-        self._trainer = gluon.Trainer(list(self._parameters), self._optimizer, kvstore=None)
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> mx.np.ndarray:
@@ -140,12 +148,23 @@ class MXNetBackend(Backend):
             return np.zeros(0, dtype=np.float64)
         return mx.np.stack(losses).asnumpy().astype(np.float64)
 
-    def _batch_arrays(self, batch: Batch) -> tuple[mx.np.ndarray, ...]:
-        """Batch -> (B, 1), (B, L) int32 ids and (B, L) float32 masks, labels on the device."""
-        return (self.asarray(np.asarray(batch.centers, dtype=np.int32)),
-                self.asarray(np.asarray(batch.contexts_negatives, dtype=np.int32)),
-                self.asarray(np.asarray(batch.masks, dtype=np.float32)),
-                self.asarray(np.asarray(batch.labels, dtype=np.float32)))
+    def _writable(self, size: int, dtype: type) -> tuple[np.ndarray, mx.np.ndarray]:
+        """A fresh (size,) device array and, on CPU, a NumPy view of its memory to fill.
+
+        Filling device memory from the host this way skips `mx.np.array`, whose copy ends in
+        `WaitToWrite`: that queues a no-op behind the engine's pending work and blocks until it
+        has run, so each step's inputs waited for the previous step's Adam (3 ms per call on
+        PTB) and the host never ran ahead. A fresh array has no pending work, and the view is
+        filled before any operator is given the array. (`mx.nd.from_numpy` would avoid the
+        copy too, at 0.2 ms of ctypes per call and a Python callback on the engine's threads.)
+        """
+        array = mx.nd.empty((size,), ctx=self.context, dtype=dtype)
+        if self.context.device_type != "cpu":
+            return np.empty(size, dtype), array.as_np_ndarray()
+        pointer = ctypes.c_void_p()
+        mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+        memory = (ctypes.c_char * (size * np.dtype(dtype).itemsize)).from_address(pointer.value)
+        return np.frombuffer(memory, dtype), array.as_np_ndarray()
 
     # -- the model --------------------------------------------------------------------------
     def embed(self, table: mx.np.ndarray, ids: mx.np.ndarray) -> mx.np.ndarray:
@@ -163,34 +182,62 @@ class MXNetBackend(Backend):
     # -- parameters -------------------------------------------------------------------------
 
     def get_params(self) -> Params:
-        return Params(*(parameter.data().asnumpy() for parameter in self._parameters))
+        return Params(*(table.asnumpy() for table in self._tables))
 
     def set_params(self, params: Params) -> None:
         for values in params:
             self._check_shape(values, "parameter table")
-        for parameter, values in zip(self._parameters, params):
+        for parameter, values in zip((self.net.center.weight, self.net.context.weight), params):
             parameter.set_data(self.asarray(np.asarray(values, dtype=np.float32)))
         self._new_optimizer()
 
     # -- training ---------------------------------------------------------------------------
-    def _forward_backward(self, batch: Batch) -> mx.np.ndarray:
-        """Write both tables' dense gradients for `batch`; return the summed loss (0-d)."""
-        arrays = self._batch_arrays(batch)
-        with autograd.record():
-            loss = self.objective(*arrays)
-        loss.backward()
+    def _pair_arrays(self, batch: Batch) -> tuple[model.PairPlan, tuple[mx.np.ndarray, ...]]:
+        """Batch -> its pair plan and the device arrays the step reads, filled in place.
+
+        (capacity,) centre ids, context ids, signs, weights and (V + 1,) CSR row starts.
+        """
+        count = model.pair_count(batch.masks)
+        if count > self._capacity:
+            # Grow in steps of 1024 pairs (PTB: 13,400 on average, at most 14,500), so the
+            # graph is re-planned a few times in the first steps and then never.
+            self._capacity = -(-max(count, 1) // 1024) * 1024
+        capacity = self._capacity
+        host_ids, ids = self._writable(2 * capacity + self.vocab_size + 1, np.int64)
+        host_floats, floats = self._writable(2 * capacity, np.float32)
+        plan = model.pair_plan(batch, self.vocab_size, capacity, host_ids, host_floats)
+        if self.context.device_type != "cpu":
+            ids[:], floats[:] = host_ids, host_floats
+        return plan, (ids[:capacity], ids[capacity:2 * capacity], ids[2 * capacity:],
+                      floats[:capacity], floats[capacity:])
+
+    def _dense_gradients(self, batch: Batch) -> mx.np.ndarray:
+        """Overwrite both tables' dense gradients for `batch`; return the summed loss (0-d)."""
+        plan, (center_ids, context_ids, row_starts, signs, weights) = self._pair_arrays(batch)
+        center_table, context_table = self._tables
+        loss, slot_grads = self.pairs(center_table, context_table, center_ids, context_ids,
+                                      signs, weights)
+        count = plan.count
+        model.dense_gradients(slot_grads[:count], context_ids[:count], row_starts,
+                              center_table, context_table, *self._grads)
         return loss
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
-        loss = self._forward_backward(batch)
-        return float(loss.asnumpy()), Params(*(p.grad().asnumpy() for p in self._parameters))
+        loss = self._dense_gradients(batch)
+        return float(loss.asnumpy()), Params(*(grad.asnumpy() for grad in self._grads))
+
+    def eval_loss(self, batch: Batch) -> mx.np.ndarray:
+        """The objective alone (no gradient is written, no state changes), still on device."""
+        _, (center_ids, context_ids, _, signs, weights) = self._pair_arrays(batch)
+        loss, _ = self.pairs(*self._tables, center_ids, context_ids, signs, weights)
+        return loss
 
     def train_step(self, batch: Batch) -> mx.np.ndarray:
-        loss = self._forward_backward(batch)
-        # step(1): the objective is already the sum the others optimise; step(batch_size),
-        # as the chapter's MXNet tab calls it, would divide every gradient by B.
-        self._trainer.step(1)
+        loss = self._dense_gradients(batch)
+        for index, (table, grad) in enumerate(zip(self._tables, self._grads)):
+            state = self._optimizer.create_state(index, table)
+            self._optimizer.update(index, table.as_nd_ndarray(), grad.as_nd_ndarray(), state)
         return loss  # no asnumpy(): the driver syncs only when it reports
 
     def optimizer_state(self) -> AdamState:
@@ -208,7 +255,7 @@ class MXNetBackend(Backend):
             self._check_shape(table, "optimizer state")
         self._new_optimizer()
         for index, (exp_avg, exp_avg_sq) in enumerate(zip(state.exp_avg, state.exp_avg_sq)):
-            # The Updater asks `create_state` on its first step and gets these arrays.
+            # `create_state` hands these arrays to the next step.
             self._optimizer.moments[index] = tuple(
                 mx.nd.array(np.asarray(values, np.float32), ctx=self.context)
                 for values in (exp_avg, exp_avg_sq))
