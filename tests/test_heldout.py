@@ -45,7 +45,7 @@ def test_eval_loss_is_the_reference_objective_and_changes_nothing(backend_name):
 
 
 def test_the_default_eval_loss_agrees_with_the_override():
-    """`Backend.eval_loss` (through `loss_and_grads`), which MXNet uses, on the reference."""
+    """The default `Backend.eval_loss` (through `loss_and_grads`), checked on the reference."""
     backend = backends.load("numpy")(VOCAB, EMBED, seed=2)
     batch = make_batch(np.random.default_rng(4))
     default = float(Backend.eval_loss(backend, batch))
