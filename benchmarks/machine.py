@@ -7,13 +7,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import json
 import os
 import platform
 import resource
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Timed runs on a shared machine take this advisory lock (flock(1) uses the same kind), so
@@ -155,3 +157,20 @@ def cpu_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def script(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a benchmark's `main`: a W2VError becomes `NAME: error: ...` and its exit code,
+    as the `w2v` command does, instead of a traceback."""
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            from common.errors import W2VError
+
+            try:
+                return main(*args, **kwargs)
+            except W2VError as error:
+                print(f"{name}: error: {error}", file=sys.stderr)
+                return error.exit_code
+        return run
+    return decorate

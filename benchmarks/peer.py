@@ -123,8 +123,8 @@ def summary(result: PeerResult) -> str:
     return line
 
 
+@machine.script("peer")
 def main(argv: list[str] | None = None) -> int:
-    from common.errors import W2VError
     from common.evaluate import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -139,18 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.workers) < 1 or min(args.epochs) < 1:
         parser.error("--workers and --epochs must be positive integers")
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    try:
-        sentences = ptb_sentences(args.data, drop_unk=not args.keep_unk)
-        for epochs in args.epochs:
-            for workers in args.workers:
-                result = train_gensim(sentences, workers=workers, epochs=epochs,
-                                      seed=args.seed)
-                result.evaluation = evaluate(result.keyed)
-                print(summary(result), flush=True)
-                machine.append_jsonl(args.out, result.record())
-    except W2VError as error:
-        print(f"peer: error: {error}", file=sys.stderr)
-        return error.exit_code
+    sentences = ptb_sentences(args.data, drop_unk=not args.keep_unk)
+    for epochs in args.epochs:
+        for workers in args.workers:
+            result = train_gensim(sentences, workers=workers, epochs=epochs,
+                                  seed=args.seed)
+            result.evaluation = evaluate(result.keyed)
+            print(summary(result), flush=True)
+            machine.append_jsonl(args.out, result.record())
     return 0
 
 

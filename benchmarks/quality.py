@@ -152,9 +152,8 @@ def _short(config: dict[str, Any]) -> str:
                     and value != defaults.get(key))
 
 
+@machine.script("quality")
 def main(argv: list[str] | None = None) -> int:
-    from common.errors import W2VError
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="ptb.zip or folder (default: env W2V_PTB)")
     parser.add_argument("--only", nargs="+", choices=[*SETTINGS, "gensim"],
@@ -163,17 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--render", action="store_true", help="only redraw from the JSON")
     args = parser.parse_args(argv)
-    try:
-        if not args.render:
-            for seed in args.seeds:
-                for label in args.only:
-                    row = (gensim_curve(args.data, seed) if label == "gensim"
-                           else ours_curve(label, args.data, seed, args.backend))
-                    machine.append_jsonl(JSONL, machine.stamp(row))
-        print(f"plot: {render(machine.read_jsonl(JSONL))}")
-    except W2VError as error:
-        print(f"quality: error: {error}", file=sys.stderr)
-        return error.exit_code
+    if not args.render:
+        for seed in args.seeds:
+            for label in args.only:
+                row = (gensim_curve(args.data, seed) if label == "gensim"
+                       else ours_curve(label, args.data, seed, args.backend))
+                machine.append_jsonl(JSONL, machine.stamp(row))
+    print(f"plot: {render(machine.read_jsonl(JSONL))}")
     return 0
 
 

@@ -145,9 +145,9 @@ def table(path: Path = JSONL) -> str:
     return "\n".join(lines)
 
 
+@machine.script("scaling")
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.throughput import add_arguments
-    from common.errors import W2VError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", help="measure this backend (omit with --render)")
@@ -162,17 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.render and not args.backend:
         parser.error("give --backend NAME, or --render")
-    try:
-        if not args.render:
-            run(args.backend, args.device, data_path=args.data, repeats=args.repeats,
-                warmup_steps=args.warmup_steps, timed_words=args.timed_words,
-                optimizer=args.optimizer, out=args.out, batch_sizes=tuple(args.batch_sizes),
-                embed_sizes=tuple(args.embed_sizes))
-        for written in render(args.out):
-            print(f"wrote {written}")
-    except W2VError as error:
-        print(f"scaling: error: {error}", file=sys.stderr)
-        return error.exit_code
+    if not args.render:
+        run(args.backend, args.device, data_path=args.data, repeats=args.repeats,
+            warmup_steps=args.warmup_steps, timed_words=args.timed_words,
+            optimizer=args.optimizer, out=args.out, batch_sizes=tuple(args.batch_sizes),
+            embed_sizes=tuple(args.embed_sizes))
+    for written in render(args.out):
+        print(f"wrote {written}")
     return 0
 
 

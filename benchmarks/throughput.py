@@ -150,9 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="adam")
 
 
+@machine.script("throughput")
 def main(argv: list[str] | None = None) -> int:
-    from common.errors import W2VError
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default=os.environ.get("W2V_BACKEND", "torch"))
     parser.add_argument("--device", default="cpu")
@@ -165,14 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup_steps < 0 or (args.timed_words or 1) < 1:
         parser.error("--repeats and --timed-words must be positive, --warmup-steps >= 0")
-    try:
-        row = measure(args.backend, args.device, data_path=args.data, repeats=args.repeats,
-                      warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-                      embed_size=args.embed_size, optimizer=args.optimizer,
-                      timed_words=args.timed_words)
-    except W2VError as error:
-        print(f"throughput: error: {error}", file=sys.stderr)
-        return error.exit_code
+    row = measure(args.backend, args.device, data_path=args.data, repeats=args.repeats,
+                  warmup_steps=args.warmup_steps, batch_size=args.batch_size,
+                  embed_size=args.embed_size, optimizer=args.optimizer,
+                  timed_words=args.timed_words)
     print(summary(row))
     print(json.dumps(row, sort_keys=True))
     if args.out:

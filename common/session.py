@@ -113,12 +113,12 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 class _Session:
     """The pieces of one run, put together by `train_run` or `resume_run`."""
 
-    def __init__(self, config: TrainConfig, run: Path, *, log: Callable[[str], None],
-                 progress: bool | None) -> None:
+    def __init__(self, config: TrainConfig, run: Path, backend_class: Any, *,
+                 log: Callable[[str], None], progress: bool | None) -> None:
         from common.data import prepare_training_data
 
         self.config, self.run, self.log, self.progress = config, run, log, progress
-        self.backend_class = resolve_backend(config.backend, config.device)
+        self.backend_class = backend_class
         self.data = prepare_training_data(config, fixed_shapes=self.backend_class.fixed_shapes,
                                           log=log)
         self.vocab = self.data.vocab
@@ -246,13 +246,13 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
 
     config.validate()
     config.backend = backends.canonical(config.backend)
-    resolve_backend(config.backend, config.device)  # fail before touching the folder
+    backend_class = resolve_backend(config.backend, config.device)  # before the folder
     run = runs.prepare_output(out, overwrite=overwrite)
     with runs.locked(run):
         for name in runs.RESULTS:  # an overwritten run's old results must not pass for new
             with contextlib.suppress(FileNotFoundError):
                 (run / name).unlink()
-        session = _Session(config, run, log=log, progress=progress)
+        session = _Session(config, run, backend_class, log=log, progress=progress)
         session.backend.init_params(config.seed)
         runs.save_config(run, config)
         session.vocab.save(run / runs.VOCAB)
@@ -299,7 +299,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             raise ConfigError(f"{run} has already trained {done['epoch']} of "
                               f"{config.epochs} epochs: pass --epochs N with N larger to "
                               f"train on")
-        session = _Session(config, run, log=log, progress=progress)
+        session = _Session(config, run, resolve_backend(config.backend, config.device),
+                           log=log, progress=progress)
         if session.vocab.digest() != saved_vocab.digest():
             raise DataError(f"the corpus gives another vocabulary than {run / runs.VOCAB} "
                             f"(changed since the run began?): resume with the same --data")
