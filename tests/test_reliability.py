@@ -55,7 +55,9 @@ def _assert_same_run(first: Path, second: Path) -> None:
 
 
 def _one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
+    # Without a C++ compiler the mxnet backend says once that it falls back to MXNet's Adam.
+    lines = [line for line in stderr.strip().splitlines()
+             if not line.startswith("w2v: mxnet uses MXNet's adam_update")]
     assert len(lines) == 1, lines
     assert lines[0].startswith("w2v: error: ")
     return lines[0]

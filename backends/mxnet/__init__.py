@@ -17,6 +17,10 @@ os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
 # centre and the context table: gradient product, then Adam), which two workers run side by
 # side; the engine reads this once, when it starts.
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "2")
+# Every extension-library operator (the native Adam kernel, `kernels.py`) asks for MXNet's
+# parallel random resource, whose one default copy is written by each such call: the two
+# tables' Adam updates would wait for each other. Two copies let them run side by side.
+os.environ.setdefault("MXNET_CPU_PARALLEL_RAND_COPY", "2")
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
