@@ -1,8 +1,9 @@
 """What only the torch backend has: a hand-derived gradient with two routes, and SparseAdam.
 
 The parity tests compare `loss_and_grads` with NumPy; here the hand-derived gradient is also
-checked against torch's own autograd on the chapter's model, and the GPU route (index_add_)
-against the CPU route (CSR product), both runnable on a CPU.
+checked against torch's own autograd on the chapter's model (batches with nearly empty and
+all-padding rows included), and the GPU route (all slots, index_add_) against the CPU route
+(real pairs only), both runnable on a CPU.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from conftest import require_backend
 from test_parity import EMBED, VOCAB, make_batch
 
 import backends
+from common.batching import Batch
 from common.errors import ConfigError
 
 torch = pytest.importorskip("torch")
@@ -26,36 +28,80 @@ def backend(**options: object):
     return backends.load("torch")(VOCAB, EMBED, seed=3, **options)
 
 
-def test_hand_derived_gradient_equals_autograd():
+def sparse_rows_batch(rng: np.random.Generator) -> Batch:
+    """Rows with one, two or no real slot, a row without a context word, repeated centres."""
+    batch = make_batch(rng, batch_size=16, all_padding_row=True)
+    masks, labels = batch.masks.copy(), batch.labels.copy()
+    masks[0, 1:] = 0             # a single real slot: one context word
+    masks[1, 2:] = 0             # a context word and one noise word
+    masks[2, :] = 0              # padding in the middle of the batch
+    labels[3, :] = 0             # noise words only
+    labels *= masks
+    centers = batch.centers.copy()
+    centers[4:8] = centers[3]    # one centre id for several examples
+    ids = np.where(masks > 0, batch.contexts_negatives, 0).astype(np.int32)
+    return Batch(centers, ids, masks, labels)
+
+
+def autograd_reference(model: object, batch: Batch) -> tuple[float, list[np.ndarray]]:
+    """The chapter's objective and its gradients through torch's autograd."""
+    tensors = model._batch_tensors(batch)
+    loss = model.model.objective(*tensors)
+    grads = torch.autograd.grad(loss, [model.model.center.weight, model.model.context.weight])
+    return float(loss.detach()), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("case", ["chapter", "sparse_rows", "all_padding", "tiny_vocab"])
+def test_hand_derived_gradient_equals_autograd(case):
+    rng = np.random.default_rng(0)
+    batch = make_batch(rng, all_padding_row=True)
     dense = backend()
-    batch = make_batch(np.random.default_rng(0), all_padding_row=True)
+    if case == "sparse_rows":
+        batch = sparse_rows_batch(rng)
+    elif case == "all_padding":  # no pair at all
+        batch = batch._replace(masks=np.zeros_like(batch.masks),
+                               labels=np.zeros_like(batch.labels),
+                               contexts_negatives=np.zeros_like(batch.contexts_negatives))
+    elif case == "tiny_vocab":  # more pairs than V * V: the logits' fallback route
+        dense = backends.load("torch")(3, EMBED, seed=3)
+        batch = batch._replace(centers=batch.centers % 3,
+                               contexts_negatives=batch.contexts_negatives % 3)
+    loss, grads = dense.loss_and_grads(batch)  # on CPU: over the real pairs (PairGradients)
+    want_loss, want_grads = autograd_reference(dense, batch)
+    assert loss == pytest.approx(want_loss, rel=1e-6, abs=1e-7)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_pair_plan_sorts_wide_vocabularies_too():
+    """Above 65,536 rows the plan sorts int64 ids instead of 16-bit keys."""
+    vocab = 70_000
+    dense = backends.load("torch")(vocab, EMBED, seed=3)
+    batch = sparse_rows_batch(np.random.default_rng(5))
+    spread = np.array([0, 1, 40_000, 65_535, 65_536, 69_999] + list(range(2, 36)))
+    batch = batch._replace(centers=spread[batch.centers].astype(np.int32),
+                           contexts_negatives=spread[batch.contexts_negatives].astype(np.int32))
     loss, grads = dense.loss_and_grads(batch)
-
-    tensors = dense._batch_tensors(batch)
-    autograd_loss = dense.model.objective(*tensors)
-    expected = torch.autograd.grad(autograd_loss, [dense.model.center.weight,
-                                                   dense.model.context.weight])
-    assert loss == pytest.approx(float(autograd_loss.detach()), rel=1e-6)
-    for got, want in zip(grads, expected):
-        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-7)
+    want_loss, want_grads = autograd_reference(dense, batch)
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_index_add_route_equals_csr_route():
+def test_slot_route_equals_pair_route():
+    """The GPU route (all slots, index_add_) against the CPU one (real pairs), on a CPU."""
     from backends.torch import model
 
     dense = backend()
-    batch = make_batch(np.random.default_rng(1))
-    tensors = dense._batch_tensors(batch)
-    tables = (dense.model.center.weight.detach(), dense.model.context.weight.detach())
-    routes = {}
-    for name, plan in (("csr", model.scatter_plan(batch.contexts_negatives, VOCAB)),
-                       ("index_add", None)):
+    for batch in (make_batch(np.random.default_rng(1)),
+                  sparse_rows_batch(np.random.default_rng(6))):
+        tables = (dense.model.center.weight, dense.model.context.weight)
         grads = (torch.full((VOCAB, EMBED), 7.0), torch.full((VOCAB, EMBED), 7.0))
-        loss = dense._gradients(*tensors, *tables, *grads, plan)  # must overwrite the 7s
-        routes[name] = (float(loss), *(g.numpy() for g in grads))
-    assert routes["csr"][0] == pytest.approx(routes["index_add"][0], rel=1e-6)
-    for got, want in zip(routes["csr"][1:], routes["index_add"][1:]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        slot_loss = dense._gradients(*dense._batch_tensors(batch), *tables, *grads)  # overwrites
+        pair_loss, *pair_grads = dense._pair_gradients(model.pair_plan(batch, VOCAB), *tables)
+        assert float(slot_loss) == pytest.approx(float(pair_loss), rel=1e-6)
+        for got, want in zip(grads, pair_grads):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_sparse_adam_has_the_same_gradient_but_leaves_untouched_rows_alone():

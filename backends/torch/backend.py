@@ -2,10 +2,12 @@
 
 Optimisers (`optimizer=`):
 - "adam" (default): the chapter's dense `torch.optim.Adam` (betas 0.9/0.999, eps 1e-8). Every
-  row's moments decay at every step, touched or not. The gradient comes from
-  `model.DenseGradients` (the same mathematics as autograd, written out: 3x faster on CPU)
-  and the update from the fused Adam kernel (one pass over all parameters: 5x faster than
-  the default for-loop implementation on CPU).
+  row's moments decay at every step, touched or not. The gradient is the same mathematics as
+  autograd, written out: on CPU `model.PairGradients` over the batch's real (centre, context)
+  pairs only, listed on the host by `model.pair_plan` (56% of PTB's slots are padding); on a
+  GPU `model.DenseGradients` over all slots, with `index_add_`'s atomics. The update is the
+  fused Adam kernel (one pass over all parameters: 5x faster than the default for-loop
+  implementation on CPU).
 - "sparse_adam": `nn.Embedding(sparse=True)` + `torch.optim.SparseAdam`, through autograd.
   A *different* optimiser: only the rows a batch touches are updated, and their moments do
   not decay on the steps that skip them, so its losses do not match the chapter's. Its cost
@@ -52,6 +54,9 @@ class TorchBackend(Backend):
         self.sparse = optimizer == "sparse_adam"
         self.model = model.SkipGramModel(vocab_size, embed_size,
                                          sparse=self.sparse).to(self.torch_device)
+        # CPU: the real pairs only, planned on the host; GPU: all slots, index_add_'s atomics.
+        self._on_cpu = self.torch_device.type == "cpu"
+        self._pair_gradients = model.PairGradients(vocab_size)
         self._gradients = model.DenseGradients(vocab_size, embed_size, self.torch_device)
         self._optimizer = self._new_optimizer()
         self.init_params(seed)
@@ -66,8 +71,8 @@ class TorchBackend(Backend):
         if self.sparse:
             return torch.optim.SparseAdam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
         for table in tables:
-            # Persistent gradient buffers: `DenseGradients` overwrites them every step, so
-            # there is no zero_grad and no (V, E) allocation per step.
+            # No zero_grad: on a GPU `DenseGradients` overwrites these buffers every step (no
+            # (V, E) allocation per step); on CPU `PairGradients`' fresh ones replace them.
             table.grad = torch.zeros_like(table)
         return torch.optim.Adam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
 
@@ -123,12 +128,13 @@ class TorchBackend(Backend):
     # -- training ---------------------------------------------------------------------------
     def _dense_gradients(self, batch: Batch) -> torch.Tensor:
         """Fill both tables' `.grad` for `batch`; return the summed loss (0-d, on device)."""
-        tensors = self._batch_tensors(batch)
-        # The CSR route needs a host sort; on a GPU, index_add_'s atomics are the fast way.
-        plan = (model.scatter_plan(batch.contexts_negatives, self.vocab_size)
-                if self.torch_device.type == "cpu" else None)
         center, context = self._tables
-        return self._gradients(*tensors, center, context, center.grad, context.grad, plan)
+        if self._on_cpu:
+            plan = model.pair_plan(batch, self.vocab_size)
+            loss, center.grad, context.grad = self._pair_gradients(plan, center, context)
+            return loss
+        return self._gradients(*self._batch_tensors(batch), center, context, center.grad,
+                               context.grad)
 
     def _autograd_loss(self, batch: Batch) -> torch.Tensor:
         """The chapter's forward, for autograd (the sparse-Adam path)."""

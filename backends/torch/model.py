@@ -1,13 +1,16 @@
 """The chapter's model in PyTorch: the embedding pair, `skip_gram` by `bmm`, the masked loss.
 
-Two ways to the gradient, the same mathematics:
+Three ways to the gradient, the same mathematics:
 - `SkipGramModel` + autograd, as the chapter writes it. The sparse-Adam option trains this way
-  (its optimiser needs `nn.Embedding(sparse=True)`'s sparse gradients).
-- `DenseGradients`, the objective's gradient written out (as in `backends/numpy/model.py`):
-  the dense-Adam step, 3x faster than the best autograd step on a 2-core CPU (4x faster than
-  the chapter's loop). Autograd's step spends most of its time in `embedding_dense_backward`
-  and in page faults on the (B, L, E) temporaries it allocates every step
-  (`python -m benchmarks.torch_step_profile --profile chapter` shows where).
+  (its optimiser needs `nn.Embedding(sparse=True)`'s sparse gradients). Autograd's step spends
+  most of its time in `embedding_dense_backward` and in page faults on the (B, L, E)
+  temporaries it allocates every step (`python -m benchmarks.torch_step_profile --profile
+  chapter` shows where).
+- `PairGradients`, the objective's gradient written out (as in `backends/numpy/model.py`) over
+  the batch's real (centre, context) pairs only, listed on the host by `pair_plan`: the
+  dense-Adam step on CPU. It writes no (pairs, E) or (B, L, E) temporary at all.
+- `DenseGradients`, the same written out over all (B, L) slots, padding included, with
+  `index_add_`: the dense-Adam step on a GPU, where it needs no host work.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from common.batching import Batch
 
 
 def skip_gram(centers: Tensor, contexts_negatives: Tensor, center_table: Tensor,
@@ -81,53 +86,138 @@ class SkipGramModel(nn.Module):
         return per_example_objective(logits, labels, masks).sum()
 
 
-class ScatterPlan(NamedTuple):
-    """The (V, B) sparse matrix that routes slot gradients to context rows, minus its values.
+class PairPlan(NamedTuple):
+    """A batch as its real (centre, context) pairs, sorted by centre id: host tensors.
 
-    Built on the host from the batch's ids alone (`scatter_plan`): row w lists the slots
-    (b, l) whose id is w, so (d loss / d logits)[order] are its values.
+    Pair p is a real slot (mask > 0) of the batch. Sorted by centre id (stable), the pairs are
+    the nonzeros of a (V, V) CSR matrix M over (centre, context) ids, whose rows are also the
+    bags that sum the centre gradient; `by_context` re-sorts them by context id for the bags
+    that sum the context gradient. Padding slots and all-padding rows produce no pair.
     """
 
-    row_starts: Tensor  # (V + 1,) int64, CSR row pointers
-    examples: Tensor    # (B * L,) int64, the example b of each slot, sorted by id
-    order: Tensor       # (B * L,) int64, flat slot indices sorted by id (stable)
+    center_starts: Tensor    # (V + 1,) int64: centre i's pairs start at center_starts[i]
+    context_ids: Tensor      # (P,) int64, in pair order (M's column indices)
+    labels: Tensor           # (P,) float32, y_p
+    weights: Tensor          # (P,) float32, w_p = m_bl / max(sum_l m_bl, 1), its example's
+    zeros: Tensor            # (P,) float32, M's values for `sampled_addmm` (which ignores them)
+    by_context: Tensor       # (P,) int64: pair order -> sorted by context id (stable)
+    context_centers: Tensor  # (P,) int64: the centre ids of the pairs in `by_context` order
+    context_starts: Tensor   # (V,) int64: bag offsets of the context ids in `by_context` order
 
 
-def scatter_plan(contexts_negatives: np.ndarray, vocab_size: int) -> ScatterPlan:
-    """Sort the batch's slots by id on the host: (B, L) ids -> ScatterPlan.
+def pair_plan(batch: Batch, vocab_size: int) -> PairPlan:
+    """List a batch's real slots on the host: Batch of (B, L) arrays -> PairPlan.
 
-    NumPy's stable argsort is a radix sort on 16-bit keys: about 0.15 ms for B * L = 30720
-    slots, several times faster than torch.sort, whose cost `index_add_` pays inside.
+    NumPy, about 0.25 ms for PTB's B=512 (the sort by context id is most of it: a stable
+    argsort of 16-bit keys is a radix sort, several times faster than torch.sort). Rows are
+    put in centre order first, so the pairs come out sorted by centre without a second sort.
     """
-    slots = contexts_negatives.shape[1]
-    ids = contexts_negatives.reshape(-1)
-    keys = ids.astype(np.uint16) if vocab_size <= 1 << 16 else ids
-    order = np.argsort(keys, kind="stable")
-    row_starts = np.zeros(vocab_size + 1, dtype=np.int64)
-    np.cumsum(np.bincount(ids, minlength=vocab_size), out=row_starts[1:])
-    return ScatterPlan(torch.from_numpy(row_starts), torch.from_numpy(order // slots),
-                       torch.from_numpy(order))
+    centers = np.asarray(batch.centers).reshape(-1)
+    batch_size, slots = np.shape(batch.masks)
+    narrow = vocab_size <= 1 << 16
+    examples = np.argsort(centers.astype(np.uint16) if narrow else centers, kind="stable")
+    masks = np.take(batch.masks, examples, axis=0)
+    flat = np.flatnonzero(masks > 0)                           # real slots, pair order
+    per_example = np.diff(np.searchsorted(flat, np.arange(0, batch_size * slots + 1, slots)))
+    scale = 1 / np.maximum(masks.sum(axis=1, dtype=np.float32), 1)
+    weights = np.repeat(scale.astype(np.float32), per_example) * masks.take(flat)
+    labels = np.take(batch.labels, examples, axis=0).take(flat).astype(np.float32, copy=False)
+    context_ids = np.take(batch.contexts_negatives, examples, axis=0).take(flat)
+    by_context = np.argsort(context_ids.astype(np.uint16) if narrow else context_ids,
+                            kind="stable")
+    context_ids = context_ids.astype(np.int64)
+    center_ids = centers[examples].astype(np.int64)
+    center_starts = np.zeros(vocab_size + 1, dtype=np.int64)
+    pairs_per_center = np.bincount(center_ids, weights=per_example, minlength=vocab_size)
+    np.cumsum(pairs_per_center.astype(np.int64), out=center_starts[1:])
+    context_starts = np.zeros(vocab_size, dtype=np.int64)
+    np.cumsum(np.bincount(context_ids, minlength=vocab_size)[:-1], out=context_starts[1:])
+    context_centers = np.repeat(center_ids, per_example)[by_context]
+    return PairPlan(*map(torch.from_numpy, (
+        center_starts, context_ids, labels, weights, np.zeros(len(flat), np.float32),
+        by_context, context_centers, context_starts)))
+
+
+class PairGradients:
+    """The objective and its dense gradients over a batch's real pairs (`pair_plan`), on CPU.
+
+    With x_p = center[c_p] . context[o_p] for pair p = (centre c_p, context o_p), label y_p
+    and weight w_p (as in `DenseGradients`, padding slots simply absent):
+        loss = sum_p w_p bce(x_p, y_p)             g_p = d loss / d x_p = w_p (sigmoid(x_p) - y_p)
+        d loss / d center  = M @ context           d loss / d context = M^T @ center
+    with M = sum_p g_p e_{c_p} e_{o_p}^T, (V, V). No (pairs, E) rows are ever written:
+    - the logits are `sampled_addmm`, M's pattern times center @ context^T: one dot product
+      per pair, reading the table rows in place (0.2 ms for 19,000 pairs; gathering both rows,
+      multiplying and summing took 0.6);
+    - both products are `embedding_bag`s with one bag per vocabulary row (pairs by centre for
+      M @ context, by context for M^T @ center), weighted by g: each writes a whole fresh (V, E)
+      gradient, empty bags as 0, so nothing is zero-filled first (the backend hands them to
+      Adam as `.grad`), and they took 0.14-0.18 ms where the CSR product
+      `mm(csr, dense, out=)` took 0.39 (with no nonzero at all it still takes 0.1 ms on a
+      (V, E) `out`, a zero-fill and a copy's worth).
+    The gradients are exact and dense (untouched rows get 0): Adam stays the chapter's.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        _quiet_csr()
+
+    @torch.no_grad()
+    def __call__(self, plan: PairPlan, center_table: Tensor,
+                 context_table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(V, E) tables -> 0-d summed loss, fresh (V, E) centre and context gradients."""
+        vocab = self.vocab_size
+        # Detached: `embedding_bag` takes its forward-only kernel (3x faster here) only when
+        # no input requires grad, whatever the grad mode says.
+        center_table, context_table = center_table.detach(), context_table.detach()
+        if plan.context_ids.numel() <= vocab * vocab:
+            pattern = torch.sparse_csr_tensor(plan.center_starts, plan.context_ids, plan.zeros,
+                                              (vocab, vocab), check_invariants=False)
+            # beta=0: M's values are not read. context_table.T is a view whose columns are the
+            # table's rows, as the dot products want them: a contiguous copy ran 6x slower.
+            logits = torch.sparse.sampled_addmm(pattern, center_table, context_table.T,
+                                                beta=0.0).values()         # x, (P,)
+        else:  # sampled_addmm refuses more nonzeros than V * V (tiny vocabularies)
+            counts = plan.center_starts.diff()
+            center_ids = torch.repeat_interleave(torch.arange(vocab), counts)
+            logits = (center_table[center_ids] * context_table[plan.context_ids]).sum(dim=1)
+        loss = F.binary_cross_entropy_with_logits(logits, plan.labels, weight=plan.weights,
+                                                  reduction="sum")
+        slot_grads = torch.sigmoid(logits).sub_(plan.labels).mul_(plan.weights)  # g, (P,)
+        center_grad = F.embedding_bag(plan.context_ids, context_table, plan.center_starts[:-1],
+                                      mode="sum", per_sample_weights=slot_grads)
+        context_grad = F.embedding_bag(plan.context_centers, center_table, plan.context_starts,
+                                       mode="sum",
+                                       per_sample_weights=slot_grads.index_select(
+                                           0, plan.by_context))
+        return loss, center_grad, context_grad
+
+
+def _quiet_csr() -> None:
+    """Make torch say its once-per-process "sparse CSR is beta" warning here, silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.int64),
+                                torch.zeros(0, dtype=torch.int64), torch.zeros(0), (1, 1))
 
 
 class DenseGradients:
-    """The objective and its dense gradients with respect to both tables, written out.
+    """The objective and its dense gradients over the batch's (B, L) slots: the GPU step.
 
     With x_bl = v_b . u_bl (v = centre rows, u = context rows) and w_b = 1 / max(sum_l m_bl, 1):
         g_bl = d loss / d x_bl = w_b m_bl (sigmoid(x_bl) - y_bl)                (B, L)
         d loss / d center[i]  = sum over b with centers_b = i of sum_l g_bl u_bl
         d loss / d context[j] = sum over (b, l) with ids_bl = j of g_bl v_b
     Both are exact and dense (untouched rows get 0), so the optimiser is still the chapter's
-    dense Adam. Large intermediates live in a reused workspace: a fresh 12 MB (B, L, E)
-    tensor per step is a fresh mmap whose page faults cost milliseconds on some steps.
+    dense Adam. Everything stays on the device (`index_add_` sums repeated ids with atomics),
+    padding slots included; on CPU `PairGradients` does the same over the real pairs only.
+    Large intermediates live in a reused workspace: a fresh 12 MB (B, L, E) tensor per step is
+    a fresh mmap whose page faults cost milliseconds on some steps.
     """
 
     def __init__(self, vocab_size: int, embed_size: int, device: torch.device) -> None:
         self.vocab_size, self.embed_size, self.device = vocab_size, embed_size, device
         self._workspace = torch.empty(0, device=device)
-        with warnings.catch_warnings():  # torch says once per process that CSR is "beta"
-            warnings.simplefilter("ignore", UserWarning)
-            torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.int64),
-                                    torch.zeros(0, dtype=torch.int64), torch.zeros(0), (1, 1))
 
     def _buffer(self, *shape: int) -> Tensor:
         """A view of the workspace of `shape`, grown (never shrunk) on demand."""
@@ -139,15 +229,14 @@ class DenseGradients:
     @torch.no_grad()
     def __call__(self, centers: Tensor, contexts_negatives: Tensor, masks: Tensor,
                  labels: Tensor, center_table: Tensor, context_table: Tensor,
-                 center_grad: Tensor, context_grad: Tensor,
-                 plan: ScatterPlan | None = None) -> Tensor:
+                 center_grad: Tensor, context_grad: Tensor) -> Tensor:
         """Overwrite `center_grad`, `context_grad` (V, E) and return the summed loss (0-d).
 
         (B, 1), (B, L) int64 ids, (B, L) float masks and labels, (V, E) tables.
-        `plan` (CPU) sums the context gradient as a CSR matrix product; without it
-        (GPU), `index_add_` sums it with atomics.
         """
         batch_size, slots = contexts_negatives.shape
+        # `embedding_bag`'s forward-only kernel needs inputs that do not require grad.
+        center_table, context_table = center_table.detach(), context_table.detach()
         center_ids = centers.reshape(batch_size)
         slot_ids = contexts_negatives.reshape(-1)
         v = center_table.index_select(0, center_ids)                       # (B, E)
@@ -165,16 +254,8 @@ class DenseGradients:
         center_rows = F.embedding_bag(contexts_negatives, context_table,
                                       per_sample_weights=slot_grads, mode="sum")  # (B, E)
         center_grad.zero_().index_add_(0, center_ids, center_rows)
-
-        if plan is not None:
-            routes = torch.sparse_csr_tensor(plan.row_starts, plan.examples,
-                                             slot_grads.reshape(-1)[plan.order],
-                                             (self.vocab_size, batch_size),
-                                             check_invariants=False)
-            torch.mm(routes, v, out=context_grad)   # (V, B) @ (B, E); repeated ids summed
-        else:
-            # Reuses u's memory: u is dead once the logits exist (the bag read the table).
-            slot_rows = torch.mul(slot_grads.unsqueeze(2), v.unsqueeze(1),
-                                  out=self._buffer(batch_size, slots, self.embed_size))
-            context_grad.zero_().index_add_(0, slot_ids, slot_rows.view(-1, self.embed_size))
+        # Reuses u's memory: u is dead once the logits exist (the bag read the table).
+        slot_rows = torch.mul(slot_grads.unsqueeze(2), v.unsqueeze(1),
+                              out=self._buffer(batch_size, slots, self.embed_size))
+        context_grad.zero_().index_add_(0, slot_ids, slot_rows.view(-1, self.embed_size))
         return loss
