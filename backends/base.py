@@ -73,6 +73,22 @@ class Backend(abc.ABC):
         self.device = device
         self.seed = seed
         self.optimizer = optimizer
+        self.lr_schedule, self.total_steps = "constant", 0
+        # The optimiser's step count mirrored on the host, so that a step's learning rate is
+        # known without reading a device counter (a sync). `set_params` zeroes it and
+        # `load_optimizer_state` restores it, with the optimiser's own count.
+        self.adam_steps = 0
+
+    def set_lr_schedule(self, schedule: str, total_steps: int) -> None:
+        """Give optimiser step t the rate `scheduled_lr(lr, schedule, t, total_steps)`."""
+        self.lr_schedule, self.total_steps = schedule, total_steps
+
+    def next_lr(self) -> float:
+        """Count one optimiser step and return its learning rate; call once per step."""
+        from common.config import scheduled_lr
+
+        self.adam_steps += 1
+        return scheduled_lr(self.lr, self.lr_schedule, self.adam_steps, self.total_steps)
 
     # -- arrays ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -14,6 +14,20 @@ from common.errors import ConfigError
 
 SAMPLING_MODES = ("static", "resample")
 OPTIMIZERS = ("adam", "sparse_adam")
+LR_SCHEDULES = ("constant", "linear")
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step `step` (1-based) of `total_steps`.
+
+    constant: `lr` throughout (the chapter). linear: from `lr` at the first step down to
+    `lr / total_steps` at the last, as gensim and the original word2vec decay theirs, so the
+    vectors settle instead of drifting at full step size; never 0, even past the end (a
+    resumed run with more epochs recomputes `total_steps`). One definition for every backend.
+    """
+    if schedule == "constant" or total_steps < 1:
+        return lr
+    return lr * max(total_steps - step + 1, 1) / total_steps
 
 
 def _flag(help_text: str, **extra: Any) -> Any:
@@ -38,6 +52,11 @@ class TrainConfig:
         default="static",
         metadata=_flag("static: sample once (chapter); resample: every epoch (exercise 2)",
                        choices=SAMPLING_MODES),
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_flag("constant (chapter) or linear: decay to about 0 over the run",
+                       choices=LR_SCHEDULES),
     )
     optimizer: str = field(
         default="adam",
@@ -69,6 +88,9 @@ class TrainConfig:
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_MODES)}, "
                               f"got {self.sampling!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {self.lr_schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
                               f"got {self.optimizer!r}")

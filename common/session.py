@@ -128,6 +128,9 @@ class _Session:
         self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.lr,
                                           device=config.device, seed=config.seed,
                                           optimizer=config.optimizer)
+        # Over all epochs as configured: `--resume --epochs N` stretches what is left of it.
+        self.backend.set_lr_schedule(config.lr_schedule,
+                                     config.epochs * self.data.num_batches(0))
         from common.heldout import HeldOut
 
         # The validation split's loss after every epoch (None: the corpus has no such split).

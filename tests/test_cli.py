@@ -73,6 +73,7 @@ def test_similar_unknown_word_suggests_spellings(tmp_path, capsys):
     (["--lr", "-0.1"], "--lr must be a positive number"),
     (["--lr", "abc"], "invalid float value"),
     (["--sampling", "sometimes"], "invalid choice"),
+    (["--lr-schedule", "cosine"], "invalid choice"),
     (["--backend", "theano"], "unknown backend 'theano': choose one of numpy"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--device", "gpu:3"], "not available here; this machine offers: cpu"),

@@ -165,6 +165,35 @@ def test_optimizer_state_round_trip_resumes_exactly(framework_backend):
     assert_params_close(after.exp_avg_sq, expected_after.exp_avg_sq, rtol=RTOL, atol=1e-9)
 
 
+def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(framework_backend):
+    """`--lr-schedule linear`: every backend gives step t the same rate, also after a resume
+    (the host's step count comes back with the optimiser state), in grouped calls too."""
+    backend, reference = pair(framework_backend, seed=7)
+    constant = backends.load("numpy")(VOCAB, EMBED, seed=7)
+    rng = np.random.default_rng(7)
+    batches = [make_batch(rng) for _ in range(5)]
+    for model in (backend, reference):
+        model.set_lr_schedule("linear", 5)
+    backend.train_steps(batches[:2])
+    for batch in batches[:2]:
+        reference.train_step(batch)
+        constant.train_step(batch)
+
+    resumed = backends.load(framework_backend)(VOCAB, EMBED, seed=0)
+    resumed.set_lr_schedule("linear", 5)
+    resumed.set_params(backend.get_params())
+    resumed.load_optimizer_state(backend.optimizer_state())
+    resumed.train_steps(batches[2:])
+    for batch in batches[2:]:
+        reference.train_step(batch)
+        constant.train_step(batch)
+    assert resumed.adam_steps == reference.adam_steps == 5
+    assert_params_close(resumed.get_params(), reference.get_params(), rtol=RTOL, atol=ATOL)
+    # The schedule changed the result: rates 1, 4/5, ..., 1/5 of lr, not lr throughout.
+    assert not np.allclose(reference.get_params().center, constant.get_params().center,
+                           rtol=1e-3, atol=0)
+
+
 # -- use -------------------------------------------------------------------------------------
 def test_similar_agrees_with_numpy(framework_backend):
     backend, reference = pair(framework_backend, seed=6)

@@ -101,11 +101,11 @@ def test_adam_adds_eps_as_torch_does_not_as_keras_does():
 
     lr, gradient = 0.002, np.full((3, 2), 1e-7, np.float32)
     table = tf.Variable(np.zeros((3, 2), np.float32))
-    adam = Adam((table,), lr)
+    adam = Adam((table,))
     beta1, beta2 = ADAM_BETAS
     expected, m, v = np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2))
     for step in range(1, 4):
-        adam.apply((tf.constant(gradient),), (table,))
+        adam.apply((tf.constant(gradient),), (table,), tf.constant(lr))
         m = beta1 * m + (1 - beta1) * gradient
         v = beta2 * v + (1 - beta2) * gradient ** 2
         expected -= lr / (1 - beta1 ** step) * m / (

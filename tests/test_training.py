@@ -129,3 +129,12 @@ def test_stopping_and_continuing_gives_identical_figures(steps_per_call, stop_af
     assert [(r.epoch, r.mean_loss, r.centre_words) for r in second.epochs] == \
         [(r.epoch, r.mean_loss, r.centre_words) for r in whole.epochs]
     assert second.all_epochs_mean_loss == whole.all_epochs_mean_loss
+
+
+def test_the_learning_rate_schedules():
+    from common.config import scheduled_lr
+
+    assert [scheduled_lr(0.01, "constant", t, 4) for t in (1, 4, 9)] == [0.01] * 3
+    linear = [scheduled_lr(0.01, "linear", t, 4) for t in range(1, 7)]
+    np.testing.assert_allclose(linear, [0.01, 0.0075, 0.005, 0.0025, 0.0025, 0.0025])
+    assert scheduled_lr(0.01, "linear", 1, 0) == 0.01  # no known length: constant

@@ -38,16 +38,18 @@ TABLES = ("center", "context")  # SkipGramModel's two nnx.Embed, in `Params` ord
 CHUNK_ELEMENTS = 128 * 60 * 100
 
 
-def adam(lr: float) -> optax.GradientTransformation:
-    """torch.optim.Adam as Optax writes it: the same update, eps in the same place.
+def adam() -> optax.GradientTransformation:
+    """torch.optim.Adam as Optax writes it, without the learning rate (the step applies it).
 
     Optax divides by sqrt(v / (1 - beta2^t)) + eps, which is torch's
     sqrt(v) / sqrt(1 - beta2^t) + eps: eps is added after the bias correction in both, so
     eps 1e-8 means the same here (Keras, unlike both, adds it before). `eps_root` stays 0.
     One difference below float32 tolerance: Optax computes 1 - beta2^t in float32, torch in
     float64 (6e-6 of the first step; tested in tests/test_jax_backend.py).
+    `optax.adam(lr)` is this followed by a scale of -lr; the step takes lr as an argument
+    instead, so that a scheduled rate changes every step without a retrace.
     """
-    return optax.adam(lr, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, eps_root=0.0)
+    return optax.scale_by_adam(b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, eps_root=0.0)
 
 
 def tables(center: Any, context: Any) -> Tables:
@@ -114,7 +116,8 @@ def objective(graphdef: nnx.GraphDef, params: Tables, batch: Batch) -> jax.Array
     return nnx.merge(graphdef, params).objective(*batch)
 
 
-TrainStep = Callable[[Tables, optax.OptState, Batch], tuple[Tables, optax.OptState, jax.Array]]
+TrainStep = Callable[[Tables, optax.OptState, Batch, np.float32],
+                     tuple[Tables, optax.OptState, jax.Array]]
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *,
@@ -125,10 +128,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     replaced by the returned ones (JAX raises if a donated array is used again).
     """
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params: Tables, opt_state: optax.OptState,
-                   batch: Batch) -> tuple[Tables, optax.OptState, jax.Array]:
+    def train_step(params: Tables, opt_state: optax.OptState, batch: Batch,
+                   lr: jax.Array) -> tuple[Tables, optax.OptState, jax.Array]:
         loss, grads = value_and_table_grads(graphdef, params, batch, chunked=chunked)
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda update: -lr * update, updates)  # as optax.scale(-lr)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return train_step
@@ -169,7 +173,7 @@ class JaxBackend(Backend):
         graphdef, state = nnx.split(module, nnx.Param)
         self._graphdef = graphdef
         self._params: Tables = nnx.to_pure_dict(state)
-        self._optimizer = adam(lr)
+        self._optimizer = adam()
         self._opt_state = self._optimizer.init(self._params)
         # Chunking pays where the cache is the bottleneck; a GPU wants one large kernel.
         chunked = self.jax_device.platform == "cpu"
@@ -236,6 +240,7 @@ class JaxBackend(Backend):
     def set_params(self, params: Params) -> None:
         self._params = self._to_device(params, "parameter table")
         self._opt_state = self._optimizer.init(self._params)
+        self.adam_steps = 0
 
     # -- training ---------------------------------------------------------------------------
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
@@ -247,8 +252,9 @@ class JaxBackend(Backend):
         return self._eval_loss(self._params, self._host_batch(batch))
 
     def train_step(self, batch: Batch) -> jax.Array:
+        # A float32 scalar: traced like the batch, so a new rate each step reuses the program.
         self._params, self._opt_state, loss = self._train_step(
-            self._params, self._opt_state, self._host_batch(batch))
+            self._params, self._opt_state, self._host_batch(batch), np.float32(self.next_lr()))
         return loss  # no float(): the driver syncs only when it reports
 
     def optimizer_state(self) -> AdamState:
@@ -262,6 +268,7 @@ class JaxBackend(Backend):
             count=jax.device_put(np.int32(state.step), self.jax_device),
             mu=self._to_device(state.exp_avg, "optimizer state"),
             nu=self._to_device(state.exp_avg_sq, "optimizer state"))
+        self.adam_steps = int(state.step)
 
     def synchronize(self) -> None:
         jax.block_until_ready((self._params, self._opt_state))

@@ -150,6 +150,7 @@ class MXNetBackend(Backend):
     def _new_optimizer(self) -> None:
         """A fresh optimiser (no state, step 0) over both tables, in `TABLES` order."""
         self._optimizer = TorchAdam(self.lr)
+        self.adam_steps = 0
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> mx.np.ndarray:
@@ -251,6 +252,7 @@ class MXNetBackend(Backend):
 
     def train_step(self, batch: Batch) -> mx.np.ndarray:
         loss = self._dense_gradients(batch)
+        self._optimizer.set_learning_rate(self.next_lr())  # the schedule's rate for this step
         for index, (table, grad) in enumerate(zip(self._tables, self._grads)):
             state = self._optimizer.create_state(index, table)
             self._optimizer.update(index, table.as_nd_ndarray(), grad.as_nd_ndarray(), state)
@@ -276,6 +278,7 @@ class MXNetBackend(Backend):
                 mx.nd.array(np.asarray(values, np.float32), ctx=self.context)
                 for values in (exp_avg, exp_avg_sq))
             self._optimizer.steps[index] = int(state.step)
+        self.adam_steps = int(state.step)
 
     def synchronize(self) -> None:
         # MXNet's engine is asynchronous on CPU as well: calls return before the work is done.

@@ -36,7 +36,7 @@ class NumpyBackend(Backend):
         self._exp_avg = np.zeros(shape, DTYPE)
         self._exp_avg_sq = np.zeros(shape, DTYPE)
         self._scratch = np.empty(shape, DTYPE)
-        self._step = 0
+        self.adam_steps = 0
         self.init_params(seed)
 
     # -- arrays ---------------------------------------------------------------------------
@@ -70,7 +70,7 @@ class NumpyBackend(Backend):
 
 
     def _reset_optimizer(self) -> None:
-        self._step = 0
+        self.adam_steps = 0
         self._exp_avg.fill(0)
         self._exp_avg_sq.fill(0)
 
@@ -105,14 +105,14 @@ class NumpyBackend(Backend):
         In place over the stacked tables, one scratch buffer, no temporaries.
         """
         beta1, beta2 = ADAM_BETAS
-        self._step += 1
+        lr = self.next_lr()  # counts the step
         grads, exp_avg, exp_avg_sq, scratch = (self._grads, self._exp_avg, self._exp_avg_sq,
                                                self._scratch)
         # Python floats, not NumPy float64 scalars: under NumPy 2 those would turn the float32
         # arithmetic into float64 (slower, and rounded unlike torch).
-        bias_correction1 = 1 - beta1 ** self._step
-        bias_correction2_sqrt = (1 - beta2 ** self._step) ** 0.5
-        step_size = float(self.lr) / bias_correction1
+        bias_correction1 = 1 - beta1 ** self.adam_steps
+        bias_correction2_sqrt = (1 - beta2 ** self.adam_steps) ** 0.5
+        step_size = float(lr) / bias_correction1
 
         np.subtract(grads, exp_avg, out=scratch)     # lerp, as torch: m + w * (g - m)
         scratch *= 1 - beta1
@@ -129,7 +129,7 @@ class NumpyBackend(Backend):
         self._params -= scratch
 
     def optimizer_state(self) -> AdamState:
-        return AdamState(self._step,
+        return AdamState(self.adam_steps,
                          Params(self._exp_avg[0].copy(), self._exp_avg[1].copy()),
                          Params(self._exp_avg_sq[0].copy(), self._exp_avg_sq[1].copy()))
 
@@ -139,7 +139,7 @@ class NumpyBackend(Backend):
             for index, table in enumerate(moments):
                 self._check_shape(table, "optimizer state")
                 target[index] = table
-        self._step = int(state.step)
+        self.adam_steps = int(state.step)
 
     @classmethod
     def devices(cls) -> list[str]:

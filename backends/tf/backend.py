@@ -46,10 +46,14 @@ BATCH_SIGNATURE = (tf.TensorSpec([None, 1], tf.int32, name="centers"),
                    tf.TensorSpec([None, None], tf.int32, name="contexts_negatives"),
                    tf.TensorSpec([None, None], tf.float32, name="masks"),
                    tf.TensorSpec([None, None], tf.float32, name="labels"))
-# `train_steps`: G batches stacked, (G, B, 1) ... (G, B, L), and how many of them to train on.
+# `train_step`: a batch and its step's learning rate (an argument, so a schedule never retraces).
+STEP_SIGNATURE = (*BATCH_SIGNATURE, tf.TensorSpec([], tf.float32, name="lr"))
+# `train_steps`: G batches stacked, (G, B, 1) ... (G, B, L), how many of them to train on, and
+# each step's learning rate (G,).
 STACKED_SIGNATURE = (*(tf.TensorSpec([None, *spec.shape], spec.dtype, name=spec.name)
                        for spec in BATCH_SIGNATURE),
-                     tf.TensorSpec([], tf.int32, name="count"))
+                     tf.TensorSpec([], tf.int32, name="count"),
+                     tf.TensorSpec([None], tf.float32, name="lrs"))
 
 
 @functools.cache
@@ -84,10 +88,10 @@ class TFBackend(Backend):
         with tf.device(self.tf_device):
             self.model = model.SkipGram(vocab_size, embed_size, seed)
             adam_class = model.LazyAdam if self.sparse else model.Adam
-            self._adam = adam_class(self.model.tables, lr)
+            self._adam = adam_class(self.model.tables)
         # Python side effects run only while tracing: this counts traces per function.
         self.traces: Counter[str] = Counter()
-        self._train_step = tf.function(self._train_step_graph, input_signature=BATCH_SIGNATURE,
+        self._train_step = tf.function(self._train_step_graph, input_signature=STEP_SIGNATURE,
                                        jit_compile=True)
         self._train_steps = tf.function(self._train_steps_graph,
                                         input_signature=STACKED_SIGNATURE, jit_compile=True)
@@ -157,6 +161,7 @@ class TFBackend(Backend):
         for table, values in zip(self.model.tables, params):
             table.assign(np.asarray(values, dtype=np.float32))
         self._adam.reset()
+        self.adam_steps = 0
 
     # -- training ---------------------------------------------------------------------------
     def _gradients(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
@@ -177,31 +182,33 @@ class TFBackend(Backend):
         return self.model.objective(centers, contexts_negatives, masks, labels)
 
     def _train_step_graph(self, centers: tf.Tensor, contexts_negatives: tf.Tensor,
-                          masks: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+                          masks: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         self.traces["train_step"] += 1
-        return self._step(centers, contexts_negatives, masks, labels)
+        return self._step(centers, contexts_negatives, masks, labels, lr)
 
     def _train_steps_graph(self, centers: tf.Tensor, contexts_negatives: tf.Tensor,
-                           masks: tf.Tensor, labels: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+                           masks: tf.Tensor, labels: tf.Tensor, count: tf.Tensor,
+                           lrs: tf.Tensor) -> tf.Tensor:
         """Steps on the first `count` of G stacked batches, in order -> (G,) losses."""
         self.traces["train_steps"] += 1
         # A loop in the program, not in Python: one dispatch for G steps. G is static once XLA
         # sees the shapes, `count` is not, so one compiled program serves every group.
         losses = tf.zeros(tf.shape(centers)[:1])
         for step in tf.range(count):
-            loss = self._step(centers[step], contexts_negatives[step], masks[step], labels[step])
+            loss = self._step(centers[step], contexts_negatives[step], masks[step], labels[step],
+                              lrs[step])
             losses = tf.tensor_scatter_nd_update(losses, [[step]], [loss])
         return losses
 
     def _step(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
-              labels: tf.Tensor) -> tf.Tensor:
+              labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         """One optimiser step (in a graph); returns the summed objective."""
         loss, gradients = self._gradients(centers, contexts_negatives, masks, labels)
         if self.sparse:
             rows = (tf.reshape(centers, [-1]), tf.reshape(contexts_negatives, [-1]))
-            self._adam.apply_rows(gradients, rows, self.model.tables)
+            self._adam.apply_rows(gradients, rows, self.model.tables, lr)
         else:
-            self._adam.apply(gradients, self.model.tables)
+            self._adam.apply(gradients, self.model.tables, lr)
         return loss
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
@@ -216,16 +223,20 @@ class TFBackend(Backend):
 
     def train_step(self, batch: Batch) -> tf.Tensor:
         with tf.device(self.tf_device):
-            return self._train_step(*self._batch_tensors(batch))  # no .numpy(): no sync
+            lr = tf.constant(self.next_lr(), tf.float32)
+            return self._train_step(*self._batch_tensors(batch), lr)  # no .numpy(): no sync
 
     def train_steps(self, batches: Sequence[Batch]) -> list[tf.Tensor]:
         """`steps_per_call` batches per compiled call: a `tf.range` loop inside the program."""
         losses: list[tf.Tensor] = []
         for start in range(0, len(batches), self.steps_per_call):
             group = batches[start:start + self.steps_per_call]
+            lrs = np.zeros(self.steps_per_call, np.float32)
+            lrs[:len(group)] = [self.next_lr() for _ in group]
             with tf.device(self.tf_device):
                 group_losses = self._train_steps(*self._stacked_tensors(group),
-                                                 tf.constant(len(group), tf.int32))
+                                                 tf.constant(len(group), tf.int32),
+                                                 tf.constant(lrs))
                 losses.extend(tf.unstack(group_losses)[:len(group)])
         return losses
 
@@ -240,6 +251,7 @@ class TFBackend(Backend):
             self._check_shape(table, "optimizer state")
         adam = self._adam
         adam.step.assign(int(state.step))
+        self.adam_steps = int(state.step)
         for variables, values in ((adam.exp_avg, state.exp_avg),
                                   (adam.exp_avg_sq, state.exp_avg_sq)):
             for variable, table in zip(variables, values):

@@ -145,9 +145,8 @@ class Adam(tf.Module):
     most. Written out, the update also compiles into the same XLA program as the gradient.
     """
 
-    def __init__(self, tables: tuple[tf.Variable, ...], lr: float) -> None:
+    def __init__(self, tables: tuple[tf.Variable, ...]) -> None:
         super().__init__(name="adam")
-        self.lr = lr
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.exp_avg = tuple(tf.Variable(tf.zeros_like(t), trainable=False, name="exp_avg")
                              for t in tables)
@@ -169,12 +168,13 @@ class Adam(tf.Module):
         return (tf.cast(1 - beta1 ** step, tf.float32),
                 tf.cast(tf.sqrt(1 - beta2 ** step), tf.float32))
 
-    def apply(self, gradients: tuple[tf.Tensor, ...], tables: tuple[tf.Variable, ...]) -> None:
-        """One step on dense (V, E) gradients, in place."""
+    def apply(self, gradients: tuple[tf.Tensor, ...], tables: tuple[tf.Variable, ...],
+              lr: tf.Tensor) -> None:
+        """One step of rate `lr` on dense (V, E) gradients, in place."""
         beta1, beta2 = ADAM_BETAS
         self.step.assign_add(1)
         bias_correction1, bias_correction2_sqrt = self._bias_corrections()
-        step_size = self.lr / bias_correction1
+        step_size = lr / bias_correction1
         for table, gradient, exp_avg, exp_avg_sq in zip(tables, gradients, self.exp_avg,
                                                         self.exp_avg_sq):
             exp_avg.assign_add((gradient - exp_avg) * (1 - beta1))  # torch's lerp
@@ -199,12 +199,13 @@ class LazyAdam(Adam):
     """
 
     def apply_rows(self, gradients: tuple[tf.Tensor, ...], ids: tuple[tf.Tensor, ...],
-                   tables: tuple[tf.Variable, ...]) -> None:
-        """One step on the rows named in `ids` (n,) of each table; `gradients` dense (V, E)."""
+                   tables: tuple[tf.Variable, ...], lr: tf.Tensor) -> None:
+        """One step of rate `lr` on the rows named in `ids` (n,) of each table; `gradients`
+        dense (V, E)."""
         beta1, beta2 = ADAM_BETAS
         self.step.assign_add(1)
         bias_correction1, bias_correction2_sqrt = self._bias_corrections()
-        step_size = self.lr * bias_correction2_sqrt / bias_correction1
+        step_size = lr * bias_correction2_sqrt / bias_correction1
         for table, gradient, rows, exp_avg, exp_avg_sq in zip(tables, gradients, ids,
                                                               self.exp_avg, self.exp_avg_sq):
             looked_up = tf.scatter_nd(rows[:, None], tf.ones_like(rows), tf.shape(table)[:1])

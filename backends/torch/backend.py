@@ -124,6 +124,7 @@ class TorchBackend(Backend):
             for table, values in zip(self._tables, params):
                 table.copy_(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
         self._optimizer = self._new_optimizer()
+        self.adam_steps = 0
 
     # -- training ---------------------------------------------------------------------------
     def _dense_gradients(self, batch: Batch) -> torch.Tensor:
@@ -156,7 +157,14 @@ class TorchBackend(Backend):
         """The chapter's forward without autograd: no `.grad` or optimiser state is touched."""
         return self.model.objective(*self._batch_tensors(batch))
 
+    def _set_step_lr(self) -> None:
+        """The scheduled rate for the step about to be taken (a float: no retrace, no sync)."""
+        lr = self.next_lr()
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
+
     def train_step(self, batch: Batch) -> torch.Tensor:
+        self._set_step_lr()
         if self.sparse:
             self._optimizer.zero_grad(set_to_none=True)
             loss = self._autograd_loss(batch)
@@ -197,6 +205,7 @@ class TorchBackend(Backend):
         state_dict["state"] = dict(enumerate(per_table))  # params numbered as in param_groups
         optimizer.load_state_dict(state_dict)
         self._optimizer = optimizer
+        self.adam_steps = int(state.step)
 
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":
