@@ -125,3 +125,20 @@ def test_the_benchmark_lock_is_not_taken_twice_under_flock(tmp_path):
                           text=True, cwd=ROOT, timeout=60,
                           env={**os.environ, "W2V_BENCH_LOCK": str(lock)})
     assert done.returncode == 0 and done.stdout.strip() == "inside"
+
+
+def test_quality_summary_counts_the_seeds_that_reach_the_bar_within_the_budget():
+    from benchmarks.quality import best_within_budget, summarise
+
+    def row(label: str, curve: list[tuple[float, float]]) -> dict:
+        return {"label": label, "curve": [[epoch, seconds, rho, None]
+                                          for epoch, (seconds, rho) in enumerate(curve, 1)]}
+
+    rows = [row("best", [(5.0, 0.30), (14.9, 0.395), (16.0, 0.41)]),  # 0.41 is too late
+            row("best", [(6.0, 0.35), (12.0, 0.33)]),
+            row("chapter", [(16.0, 0.25)])]                             # nothing in budget
+    assert [best_within_budget(r) for r in rows[:2]] == [0.395, 0.35]
+    lines = summarise(rows).splitlines()
+    assert lines[0].startswith("best") and "mean 0.372 (min 0.350, max 0.395)" in lines[0]
+    assert lines[0].endswith("1 of 2 reach 0.39")
+    assert "mean nan" in lines[1] and lines[1].endswith("0 of 1 reach 0.39")
