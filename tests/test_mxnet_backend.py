@@ -202,7 +202,7 @@ def test_cli_output_has_no_mxnet_noise(tmp_path, name):
          "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"],
         capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
-    # Only a machine without a C++ compiler adds a line: the native Adam kernel's fallback.
+    # Only a machine without a C++ compiler adds a line: the native kernels' fallback.
     assert done.stderr == ("" if _have_compiler() else _fallback_line(done.stderr)), done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("corpus lee:") and lines[-1].startswith("run folder:")
@@ -228,7 +228,7 @@ def test_two_engine_workers_unless_the_user_says_otherwise():
         assert done.stdout.strip() == expected
 
 
-# -- the native Adam kernel (backends/mxnet/kernels.py, adam_kernel.cc) --------------------------
+# -- the native kernels (backends/mxnet/kernels.py, adam_kernel.cc, gradient_kernel.cc) ---------
 
 def _have_compiler() -> bool:
     from backends.mxnet import kernels
@@ -247,7 +247,7 @@ def _fallback_line(stderr: str) -> str:
     return stderr
 
 
-FALLBACK = "w2v: mxnet uses MXNet's adam_update, not the native Adam kernel"
+FALLBACK = "w2v: mxnet uses MXNet's adam_update and sparse dot, not the native kernels"
 
 
 def require_compiler() -> None:
@@ -324,7 +324,73 @@ def test_native_adam_equals_mxnets_adam_update_and_the_numpy_reference():
                                rtol=1e-6, atol=1e-9)
 
 
-def test_training_uses_the_native_kernel_and_trains_as_adam_update_does(monkeypatch):
+def _pairs(rng, vocab: int, count: int, padding: int, empty_rows: int):
+    """`count` random (centre, context, g) pairs sorted by centre, CSR row starts, and
+    `padding` garbage pairs after them; `empty_rows` centre ids that get no pair."""
+    allowed = rng.permutation(vocab)[empty_rows:]
+    centers = np.sort(rng.choice(allowed, size=count))         # repeated ids, sorted
+    contexts = rng.integers(0, vocab, size=count)              # repeated ids
+    row_starts = np.zeros(vocab + 1, np.int64)
+    np.cumsum(np.bincount(centers, minlength=vocab), out=row_starts[1:])
+    values = rng.normal(size=count).astype(np.float32)
+    garbage_ids = rng.integers(-5, 10 * vocab, size=padding)   # never read
+    garbage_values = np.full(padding, np.nan, np.float32)
+    return (np.concatenate([values, garbage_values]),
+            np.concatenate([contexts, garbage_ids]).astype(np.int64), row_starts)
+
+
+def test_native_dense_gradients_equal_the_sparse_products():
+    """`w2v_dense_gradients` against `model.dense_gradients` (two `sparse.dot`s) on random
+    pairs with empty rows, repeated ids and none at all, padding after the real pairs, and
+    outputs full of NaN beforehand (the operator writes them whole)."""
+    require_compiler()
+    from backends.mxnet import kernels, model
+
+    native = kernels.dense_gradients("native")
+    assert native is not None and kernels.dense_gradients("builtin") is None
+    rng = np.random.default_rng(11)
+    for vocab, embed, count, padding, empty_rows in (
+            (VOCAB, EMBED, 300, 24, 5), (97, 37, 1000, 0, 40), (13, 100, 1, 3, 12),
+            (13, 100, 0, 0, 13), (13, 100, 0, 5, 13), (1, 3, 4, 1, 0)):
+        values, contexts, row_starts = _pairs(rng, vocab, count, padding, empty_rows)
+        tables = [rng.normal(size=(vocab, embed)).astype(np.float32) for _ in range(2)]
+        got = [mx.nd.full((vocab, embed), np.nan) for _ in range(2)]
+        native(mx.nd.array(values), mx.nd.array(contexts, dtype="int64"),
+               mx.nd.array(row_starts, dtype="int64"), *(mx.nd.array(t) for t in tables),
+               out=got)
+        want = [mx.np.zeros((vocab, embed)) for _ in range(2)]
+        model.dense_gradients(mx.np.array(values[:count]),
+                              mx.np.array(contexts[:count], dtype="int64"),
+                              mx.np.array(row_starts, dtype="int64"),
+                              *(mx.np.array(t) for t in tables), *want)
+        for name, mine, theirs in zip(("centre", "context"), got, want):
+            mine, theirs = mine.asnumpy(), theirs.asnumpy()
+            np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6, err_msg=name)
+            if count == 0:
+                np.testing.assert_array_equal(mine, 0)
+
+
+def test_native_dense_gradients_reject_a_bad_plan():
+    require_compiler()
+    from backends.mxnet import kernels
+
+    native = kernels.dense_gradients("native")
+    tables = [mx.nd.zeros((4, 3)) for _ in range(2)]
+    for contexts, row_starts, message in (
+            ([0, 4], [0, 1, 2, 2, 2], r"context id 4 outside \[0, 4\)"),
+            ([0, 1], [0, 2, 1, 2, 2], "row_starts must not decrease"),
+            ([0, 1], [0, 1, 2, 3, 3], r"row_starts\[V\] = 3 exceeds the 2 pairs given")):
+        outs = [mx.nd.zeros((4, 3)) for _ in range(2)]
+        with pytest.raises(mx.base.MXNetError, match=message):
+            native(mx.nd.ones(2), mx.nd.array(contexts, dtype="int64"),
+                   mx.nd.array(row_starts, dtype="int64"), *tables, out=outs)
+            mx.nd.waitall()
+
+
+def test_training_uses_the_native_kernels_and_trains_as_mxnets_operators_do(monkeypatch):
+    """Native Adam and gradient kernels (auto) against `adam_update` and `sparse.dot`
+    (builtin, the one switch for both) over four steps: the engine orders the gradient
+    operator between the forward and both Adam updates."""
     require_compiler()
     from backends.mxnet import kernels
 
@@ -400,8 +466,8 @@ def test_forced_native_kernel_without_a_compiler_is_a_one_line_error(tmp_path):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("w2v: error: the native Adam kernel (W2V_MXNET_KERNEL=native) "
-                               "is unavailable: the C++ compiler CXX='/nonexistent' was not found")
+    assert lines[0].startswith("w2v: error: the native kernels (W2V_MXNET_KERNEL=native) "
+                               "are unavailable: the C++ compiler CXX='/nonexistent' was not found")
 
 
 def test_a_failing_compiler_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ backend here) trains:
 The step (`train_step`) is written out rather than taken from autograd, as torch's is:
 `model.pair_plan` lists the batch's real pairs on the host, the hybridized
 `model.PairObjective` (one cached graph, static memory) gives the loss and d loss / d logits,
-`model.dense_gradients` sums the table gradients as two sparse matrix products, and
-one Adam operator per table updates it in place. `loss_and_grads` returns that same gradient, and
+one native operator (`gradient_kernel.cc`; without it `model.dense_gradients`, two sparse
+matrix products) sums the table gradients, and one Adam operator per table updates it in place. `loss_and_grads` returns that same gradient, and
 `tests/test_mxnet_backend.py` checks it against autograd on the chapter's `SkipGramObjective`.
 Where the time goes, and what was tried: README, "How each backend is made fast".
 """
@@ -234,9 +234,18 @@ class MXNetBackend(Backend):
         center_table, context_table = self._tables
         loss, slot_grads = self.pairs(center_table, context_table, center_ids, context_ids,
                                       signs, weights)
-        count = plan.count
-        model.dense_gradients(slot_grads[:count], context_ids[:count], row_starts,
-                              center_table, context_table, *self._grads)
+        native = None
+        if self.context.device_type == "cpu":
+            native = kernels.dense_gradients(self._optimizer.kernel)  # loaded once per process
+        if native is not None:
+            # It reads only the first row_starts[V] = count pairs: no slicing off the padding.
+            native(*(array.as_nd_ndarray() for array in (
+                slot_grads, context_ids, row_starts, center_table, context_table)),
+                   out=[grad.as_nd_ndarray() for grad in self._grads])
+        else:
+            count = plan.count
+            model.dense_gradients(slot_grads[:count], context_ids[:count], row_starts,
+                                  center_table, context_table, *self._grads)
         return loss
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:

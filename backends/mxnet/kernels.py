@@ -1,17 +1,19 @@
-"""The MXNet backend's native dense-Adam kernel (`adam_kernel.cc`), built and loaded on first use.
+"""The MXNet backend's native kernels, built into one library and loaded on first use.
 
 MXNet 1.9.1's CPU wheel runs `adam_update` one float at a time; `adam_kernel.cc` is the same
 arithmetic as an extension-library operator (`w2v_adam_update`, MXNet's C++ extension API) that
-the compiler vectorizes. The first process that needs it compiles it with the system C++
+the compiler vectorizes. `gradient_kernel.cc` (`w2v_dense_gradients`) writes both tables' dense
+gradients from the batch's pairs, what `model.dense_gradients` does with two sparse products and
+their zero-fills. The first process that needs them compiles both sources with the system C++
 compiler (`$CXX`, else g++, else c++) together with the wheel's `lib_api.cc` into
 `$XDG_CACHE_HOME/w2v-multi/mxnet-kernels/<hash>.so` (`~/.cache/...` without XDG_CACHE_HOME),
 under a file lock and by an atomic rename; every process then loads it once with
 `mx.library.load`. The hash covers the sources, MXNet's version, the compiler, its flags and
 the CPU (`-march=native`), so a change to any of them builds a new library.
 
-`W2V_MXNET_KERNEL` chooses: `auto` (default) uses the kernel and, when it cannot be built or
-loaded, MXNet's `adam_update` with a one-line notice on stderr; `native` makes that failure a
-one-line error; `builtin` uses `adam_update` (with the notice).
+`W2V_MXNET_KERNEL` chooses for both operators: `auto` (default) uses the kernels and, when they
+cannot be built or loaded, MXNet's `adam_update` and `sparse.dot` with a one-line notice on stderr;
+`native` makes that failure a one-line error; `builtin` uses MXNet's operators (with the notice).
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ from common.errors import ConfigError, W2VError
 ENV = "W2V_MXNET_KERNEL"
 MODES = ("auto", "native", "builtin")
 OP_NAME = "w2v_adam_update"
-SOURCE = Path(__file__).with_name("adam_kernel.cc")
+GRADIENT_OP_NAME = "w2v_dense_gradients"
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("adam_kernel.cc", "gradient_kernel.cc"))
 # No -ffast-math: the kernel must round as MXNet's does. -ffp-contract=off keeps g++ from
 # fusing a multiply and an add into one FMA (one rounding instead of two), which the SSE3
 # wheel cannot do, so each operation rounds as in MXNet's `adam_update`.
@@ -99,11 +103,11 @@ def library_path(command: list[str]) -> Path:
     """The cached library for these sources, MXNet, compiler command, flags and CPU."""
     include, lib_api = _mxnet_sources()
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), lib_api.read_bytes(),
+    for part in (*(source.read_bytes() for source in SOURCES), lib_api.read_bytes(),
                  (include / "mxnet" / "lib_api.h").read_bytes(), mx.__version__.encode(),
                  "\0".join([*command, *FLAGS]).encode(), _cpu_signature().encode()):
         digest.update(hashlib.sha256(part).digest())
-    return cache_dir() / f"adam-{digest.hexdigest()[:24]}.so"
+    return cache_dir() / f"kernels-{digest.hexdigest()[:24]}.so"
 
 
 @contextmanager
@@ -159,8 +163,9 @@ def _compile(command: list[str], target: Path) -> None:
     name = Path(command[0]).name
     try:
         try:
-            done = subprocess.run([*command, *FLAGS, "-I", str(include), str(SOURCE),
-                                   str(lib_api), "-o", str(partial)],
+            done = subprocess.run([*command, *FLAGS, "-I", str(include),
+                                   *(str(source) for source in SOURCES), str(lib_api),
+                                   "-o", str(partial)],
                                   capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         except OSError as error:  # not executable, not a program
             raise KernelError(f"{name} could not run: {error.strerror or error}") from None
@@ -194,8 +199,9 @@ def load() -> Path:
         with warnings.catch_warnings():  # the op modules are regenerated: MXNet's own noise
             warnings.simplefilter("ignore", DeprecationWarning)
             mx.library.load(str(path), verbose=False)
-        if not hasattr(mx.nd, OP_NAME):
-            raise KernelError(f"{path} loaded but registered no {OP_NAME} operator")
+        for name in (OP_NAME, GRADIENT_OP_NAME):
+            if not hasattr(mx.nd, name):
+                raise KernelError(f"{path} loaded but registered no {name} operator")
     except KernelError as error:
         _failure = error
         raise
@@ -208,21 +214,32 @@ def load() -> Path:
 
 
 def _notice(reason: str) -> None:
-    """Say once per process, on one stderr line, that MXNet's own adam_update is used."""
+    """Say once per process, on one stderr line, that MXNet's own operators are used."""
     global _noticed
     if not _noticed:
         _noticed = True
-        print(f"w2v: mxnet uses MXNet's adam_update, not the native Adam kernel: {reason}",
-              file=sys.stderr, flush=True)
+        print(f"w2v: mxnet uses MXNet's adam_update and sparse dot, not the native kernels: "
+              f"{reason}", file=sys.stderr, flush=True)
 
 
 def adam_update(mode: str | None = None) -> Callable[..., Any] | None:
     """The native `w2v_adam_update` operator, or None where MXNet's `adam_update` is to be used.
 
     `mode` defaults to `W2V_MXNET_KERNEL`. auto falls back (with a notice, once) when the
-    kernel cannot be built or loaded; native raises KernelError; builtin returns None (with
+    kernels cannot be built or loaded; native raises KernelError; builtin returns None (with
     the notice when the environment chose it).
     """
+    return _operator(OP_NAME, mode)
+
+
+def dense_gradients(mode: str | None = None) -> Callable[..., Any] | None:
+    """The native `w2v_dense_gradients` operator, or None where `model.dense_gradients` (two
+    `mx.nd.sparse.dot` products) is to be used; `mode` as for `adam_update`, the same switch."""
+    return _operator(GRADIENT_OP_NAME, mode)
+
+
+def _operator(name: str, mode: str | None) -> Callable[..., Any] | None:
+    """The library's operator `name` (built and loaded once), or None for MXNet's own."""
     chosen = kernel_mode() if mode is None else mode
     if chosen == "builtin":
         if mode is None:
@@ -232,8 +249,8 @@ def adam_update(mode: str | None = None) -> Callable[..., Any] | None:
         load()
     except KernelError as error:
         if chosen == "native":
-            raise KernelError(f"the native Adam kernel ({ENV}=native) is unavailable: "
+            raise KernelError(f"the native kernels ({ENV}=native) are unavailable: "
                               f"{error}") from None
         _notice(f"{error} (set {ENV}=builtin to skip the build)")
         return None
-    return getattr(mx.nd, OP_NAME)
+    return getattr(mx.nd, name)

@@ -201,7 +201,9 @@ def dense_gradients(slot_grads: Any, context_ids: Any, row_starts: Any, center_t
         d loss / d center  = M @ context_table      d loss / d context = M^T @ center_table
     which sums repeated ids and leaves untouched rows 0: dense gradients, for dense Adam.
     Both products read each pair once; no (P, E) temporary is written. Sparse arrays are
-    legacy `mx.nd` arrays, hence the `as_nd_ndarray()` views (no copies).
+    legacy `mx.nd` arrays, hence the `as_nd_ndarray()` views (no copies). The training step
+    uses the native `w2v_dense_gradients` (`gradient_kernel.cc`, the same sums in one pass)
+    where it is built; this is its fallback (W2V_MXNET_KERNEL=builtin) and its reference.
     """
     vocab_size = center_table.shape[0]
     pairs = mx.nd.sparse.csr_matrix((slot_grads.as_nd_ndarray(), context_ids.as_nd_ndarray(),
