@@ -47,6 +47,45 @@ def _make_batch(centers: np.ndarray, contexts_negatives: np.ndarray, num_context
                  (columns < num_contexts[:, None]).astype(np.float32))
 
 
+class RealPairs(NamedTuple):
+    """A batch's real (centre, context) slots, padding dropped, sorted by centre id (stable).
+
+    Pair p is a slot with mask > 0; all-padding rows produce none (the `max(., 1)` rule).
+    With `row_starts` the pairs are the nonzeros of a (V, V) CSR matrix over (centre, context)
+    ids, the shape in which backends that skip the padding compute the objective's gradient.
+    """
+
+    center_ids: np.ndarray   # (P,) int64
+    context_ids: np.ndarray  # (P,) int64
+    labels: np.ndarray       # (P,) float32, 1 = context word, 0 = noise word
+    weights: np.ndarray      # (P,) float32, m_bl / max(sum_l m_bl, 1): the per-example mean
+    row_starts: np.ndarray   # (V + 1,) int64: centre i's pairs are row_starts[i]:row_starts[i+1]
+
+
+def real_pairs(batch: Batch, vocab_size: int) -> RealPairs:
+    """List a batch's real slots on the host, in centre order: Batch -> RealPairs.
+
+    Vectorised NumPy, about 0.2 ms for PTB's B=512. Rows are put in centre order first (a
+    stable argsort, a radix sort on 16-bit keys where the vocabulary allows), so the pairs
+    come out sorted by centre with no second sort.
+    """
+    centers = np.asarray(batch.centers).reshape(-1)
+    keys = centers.astype(np.uint16) if vocab_size <= 1 << 16 else centers
+    examples = np.argsort(keys, kind="stable")
+    masks = np.take(batch.masks, examples, axis=0)
+    flat = np.flatnonzero(masks > 0)                          # real slots, in pair order
+    per_example = np.count_nonzero(masks > 0, axis=1)
+    scale = 1 / np.maximum(masks.sum(axis=1, dtype=np.float32), 1)
+    weights = np.repeat(scale.astype(np.float32), per_example) * masks.take(flat)
+    labels = np.take(batch.labels, examples, axis=0).take(flat).astype(np.float32, copy=False)
+    context_ids = np.take(batch.contexts_negatives, examples, axis=0).take(flat)
+    center_ids = np.repeat(centers[examples].astype(np.int64), per_example)
+    row_starts = np.zeros(vocab_size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(center_ids, minlength=vocab_size), out=row_starts[1:])
+    return RealPairs(center_ids, context_ids.astype(np.int64), labels,
+                     weights.astype(np.float32, copy=False), row_starts)
+
+
 def batchify(examples: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> Batch:
     """The chapter's `batchify`: (center, contexts, negatives) triples, padded to the longest."""
     num_contexts = np.array([len(contexts) for _, contexts, _ in examples], dtype=np.int64)

@@ -29,7 +29,7 @@ import numpy as np
 
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
 from backends.mxnet import kernels, model
-from common.batching import Batch
+from common.batching import Batch, real_pairs
 from common.errors import ConfigError
 
 TABLES = ("center", "context")  # optimiser index 0 and 1, as in Params
@@ -80,6 +80,7 @@ class TorchAdam(mx.optimizer.Optimizer):
     def __init__(self, learning_rate: float, kernel: str | None = None) -> None:
         super().__init__(learning_rate=learning_rate)
         self.kernel = kernel
+        self._operators: tuple[Any, Any] | None = None  # resolved on first use
         self.beta1, self.beta2 = ADAM_BETAS
         self.epsilon = ADAM_EPS
         self.steps: dict[int, int] = {}
@@ -92,6 +93,18 @@ class TorchAdam(mx.optimizer.Optimizer):
                 mx.nd.zeros(weight.shape, weight.ctx, dtype=weight.dtype) for _ in range(2))
         return self.moments[index]
 
+    def native_operators(self, context: mx.Context) -> tuple[Any, Any]:
+        """(Adam, gradient) native operators for arrays on `context`, None for MXNet's own.
+
+        Resolved once per optimiser, on first use (building the library if need be), not at
+        every step: `kernel` (or the environment) decides, as `kernels.adam_update` says.
+        """
+        if self._operators is None:
+            on_cpu = context.device_type == "cpu"
+            self._operators = ((kernels.adam_update(self.kernel),
+                                kernels.dense_gradients(self.kernel)) if on_cpu else (None, None))
+        return self._operators
+
     def update(self, index: int, weight: mx.nd.NDArray, grad: mx.nd.NDArray,
                state: tuple[mx.nd.NDArray, mx.nd.NDArray]) -> None:
         """One Adam step of `weight` in place, once per parameter and step."""
@@ -102,9 +115,7 @@ class TorchAdam(mx.optimizer.Optimizer):
         exp_avg, exp_avg_sq = state
         lr = self._get_lr(index) * bias_correction2_sqrt / bias_correction1
         epsilon = self.epsilon * bias_correction2_sqrt
-        native = None
-        if weight.context.device_type == "cpu" and self.rescale_grad == 1.0:
-            native = kernels.adam_update(self.kernel)  # loaded once per process
+        native = self.native_operators(weight.context)[0] if self.rescale_grad == 1.0 else None
         if native is not None:
             native(weight, grad, exp_avg, exp_avg_sq, out=weight, lr=lr, epsilon=epsilon,
                    beta1=self.beta1, beta2=self.beta2)
@@ -214,7 +225,8 @@ class MXNetBackend(Backend):
 
         (capacity,) centre ids, context ids, signs, weights and (V + 1,) CSR row starts.
         """
-        count = model.pair_count(batch.masks)
+        pairs = real_pairs(batch, self.vocab_size)
+        count = len(pairs.center_ids)
         if count > self._capacity:
             # Grow in steps of 1024 pairs (PTB: 13,400 on average, at most 14,500), so the
             # graph is re-planned a few times in the first steps and then never.
@@ -222,7 +234,7 @@ class MXNetBackend(Backend):
         capacity = self._capacity
         host_ids, ids = self._writable(2 * capacity + self.vocab_size + 1, np.int64)
         host_floats, floats = self._writable(2 * capacity, np.float32)
-        plan = model.pair_plan(batch, self.vocab_size, capacity, host_ids, host_floats)
+        plan = model.padded_plan(pairs, capacity, host_ids, host_floats)
         if self.context.device_type != "cpu":
             ids[:], floats[:] = host_ids, host_floats
         return plan, (ids[:capacity], ids[capacity:2 * capacity], ids[2 * capacity:],
@@ -234,9 +246,7 @@ class MXNetBackend(Backend):
         center_table, context_table = self._tables
         loss, slot_grads = self.pairs(center_table, context_table, center_ids, context_ids,
                                       signs, weights)
-        native = None
-        if self.context.device_type == "cpu":
-            native = kernels.dense_gradients(self._optimizer.kernel)  # loaded once per process
+        native = self._optimizer.native_operators(self.context)[1]
         if native is not None:
             # It reads only the first row_starts[V] = count pairs: no slicing off the padding.
             native(*(array.as_nd_ndarray() for array in (

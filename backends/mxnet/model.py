@@ -4,7 +4,7 @@ Two ways to the gradient, the same mathematics:
 - `SkipGramObjective` + autograd, as the chapter writes it (`batch_dot` over (B, L) slots).
 - `PairObjective` + `dense_gradients`, the objective's gradient written out (as in
   `backends/numpy/model.py`): the training step. It works on the batch's real (centre, context)
-  pairs only, listed on the host by `pair_plan`, and sums the gradient rows with two sparse
+  pairs only, listed on the host by `common.batching.real_pairs` (`pair_plan`), and sums the gradient rows with two sparse
   matrix products. About 2x less CPU per step than autograd on a 2-core CPU, where
   MXNet 1.9.1's wheel (SSE3 kernels) spends its time in `batch_dot`'s 512 tiny GEMMs per
   direction, in `_backward_Embedding` and in elementwise passes over the (B, L, E) slots,
@@ -23,6 +23,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 from mxnet.gluon import nn
+
+from common.batching import RealPairs, real_pairs
 
 mx.npx.set_np()  # NumPy semantics (shapes, dtypes, `mx.np` arrays) for everything below
 
@@ -121,26 +123,22 @@ class PairPlan(NamedTuple):
     capacity: int       # the padded pair count the compiled graph was built for
 
 
-def pair_count(masks: np.ndarray) -> int:
-    """The number of real slots of a batch: (B, L) masks -> P."""
-    return int(np.count_nonzero(np.asarray(masks) > 0))
-
-
 def pair_plan(batch: Any, vocab_size: int, capacity: int, ids: np.ndarray | None = None,
               floats: np.ndarray | None = None) -> PairPlan:
-    """List a Batch's real slots as (centre, context, sign, weight), padded to `capacity`.
+    """A Batch's real slots as (centre, context, sign, weight), padded to `capacity`."""
+    return padded_plan(real_pairs(batch, vocab_size), capacity, ids, floats)
+
+
+def padded_plan(pairs: RealPairs, capacity: int, ids: np.ndarray | None = None,
+                floats: np.ndarray | None = None) -> PairPlan:
+    """`common.batching.real_pairs` laid out for the compiled graph, padded to `capacity`.
 
     sign = 1 - 2 label (+1 for a noise word, -1 for a context word) turns the BCE of logit x
-    into softplus(sign x); weight = 1 / (real slots of the example) is the chapter's per-example
-    mean. Padding slots and all-padding rows produce no pair, which is the `max(., 1)` rule.
-    `ids` (2 capacity + V + 1 int64) and `floats` (2 capacity float32) are filled when given,
-    so that the plan can be written straight into device memory.
+    into softplus(sign x); the weight is the chapter's per-example mean. `ids`
+    (2 capacity + V + 1 int64) and `floats` (2 capacity float32) are filled when given, so
+    that the plan can be written straight into device memory.
     """
-    centers = np.asarray(batch.centers).reshape(-1)
-    order = np.argsort(centers, kind="stable")
-    real = np.asarray(batch.masks)[order] > 0                           # (B, L)
-    per_example = np.count_nonzero(real, axis=1)
-    count = int(per_example.sum())
+    count, vocab_size = len(pairs.center_ids), len(pairs.row_starts) - 1
     if count > capacity:
         raise ValueError(f"{count} pairs exceed the plan's capacity {capacity}")
     ids = np.empty(2 * capacity + vocab_size + 1, np.int64) if ids is None else ids
@@ -150,12 +148,11 @@ def pair_plan(batch: Any, vocab_size: int, capacity: int, ids: np.ndarray | None
     signs, weights = floats[:capacity], floats[capacity:]
     for padded in (center_ids, context_ids, signs, weights):
         padded[count:] = 0
-    center_ids[:count] = np.repeat(centers[order], per_example)
-    context_ids[:count] = np.asarray(batch.contexts_negatives)[order][real]
-    signs[:count] = 1 - 2 * np.asarray(batch.labels)[order][real]
-    weights[:count] = np.repeat(1 / np.maximum(per_example, 1).astype(np.float32), per_example)
-    row_starts[0] = 0
-    np.cumsum(np.bincount(center_ids[:count], minlength=vocab_size), out=row_starts[1:])
+    center_ids[:count] = pairs.center_ids
+    context_ids[:count] = pairs.context_ids
+    signs[:count] = 1 - 2 * pairs.labels
+    weights[:count] = pairs.weights
+    row_starts[:] = pairs.row_starts
     return PairPlan(ids, floats, count, capacity)
 
 
