@@ -164,6 +164,32 @@ def test_noise_avoids_contexts_and_keeps_the_conditional_distribution():
     assert_chi_square_fits(observed, counts[3:] ** 0.75)
 
 
+def test_noise_collisions_are_found_whatever_the_bitmap_grouping(monkeypatch):
+    """The membership bitmap covers a group of rows at a time; the grouping changes nothing."""
+    import common.sampling as sampling
+
+    rng = np.random.default_rng(11)
+    rows, width = 3000, 6
+    counts = np.arange(12, dtype=np.int64) ** 2  # 11 words, the frequent ones collide often
+    num_contexts = rng.integers(1, width + 1, size=rows)
+    contexts = np.where(np.arange(width) < num_contexts[:, None],
+                        rng.integers(1, 12, size=(rows, width)), 0).astype(np.int32)
+    pairs = Pairs(np.ones(rows, dtype=np.int32), contexts, num_contexts.astype(np.int64))
+
+    def draw(cells: int) -> np.ndarray:
+        monkeypatch.setattr(sampling, "_MEMBER_CELLS", cells)
+        return draw_negatives(pairs, NoiseSampler(counts), 3,
+                              np.random.default_rng(12)).contexts_negatives
+
+    whole, grouped, row_by_row = draw(1 << 23), draw(12 * 7), draw(1)
+    assert np.array_equal(whole, grouped) and np.array_equal(whole, row_by_row)
+    for row in range(rows):
+        count = num_contexts[row]
+        noise = whole[row, count:4 * count]
+        assert noise.all() and not np.isin(noise, contexts[row, :count]).any()
+        assert not whole[row, 4 * count:].any()
+
+
 def test_dataset_rows_are_contexts_then_noise_then_padding():
     rng = np.random.default_rng(6)
     tokens = rng.integers(1, 40, size=3000).astype(np.int32)
