@@ -165,25 +165,35 @@ def draw_negatives(pairs: Pairs, sampler: NoiseSampler, num_noise_words: int,
     contexts_negatives = np.zeros((num_rows, context_width * (1 + num_noise_words)),
                                   dtype=np.int32)
     contexts_negatives[:, :context_width] = pairs.contexts
+    # The collision bitmap, all zeros between uses: allocated once, not once per block (its
+    # pages would fault in again every time).
+    vocab = len(sampler.probabilities) + 1
+    group_rows = min(max(1, _MEMBER_CELLS // vocab), _ROWS_PER_BLOCK, max(num_rows, 1))
+    member = np.zeros((group_rows, vocab), dtype=bool)
     # Blocks of rows keep every temporary in cache: on PTB this halves the time.
     for start in range(0, num_rows, _ROWS_PER_BLOCK):
         block = slice(start, start + _ROWS_PER_BLOCK)
         _fill_noise(contexts_negatives[block], pairs.contexts[block],
-                    pairs.num_contexts[block], lengths[block], sampler, rng)
+                    pairs.num_contexts[block], lengths[block], sampler, rng, member)
     return SkipGramData(pairs.centers, contexts_negatives, pairs.num_contexts, lengths)
 
 
 def _fill_noise(rows: np.ndarray, contexts: np.ndarray, num_contexts: np.ndarray,
-                lengths: np.ndarray, sampler: NoiseSampler, rng: np.random.Generator) -> None:
+                lengths: np.ndarray, sampler: NoiseSampler, rng: np.random.Generator,
+                member: np.ndarray) -> None:
     """Write noise into slots num_contexts..lengths-1 of each row of `rows` (a C-contiguous view).
 
-    Collisions are found with a (rows, V) membership bitmap: one write per context word and
-    one read per draw, where comparing every slot with every context column cost 2M reads per
-    slot (3x slower on PTB with a window of 10). Draws, collisions and redraws come in the
-    same order as before, so a seed gives the same noise words.
+    Collisions are found with `member`, a (group, V) all-false bitmap covering `group` rows at
+    a time (left all false): one write per context word and one read per draw, where comparing
+    every slot with every context column cost 2M reads per slot (3x slower on PTB with a
+    window of 10). Draws, collisions and redraws come in the same order as before, so a seed
+    gives the same noise words.
     """
+    if not rows.flags.c_contiguous:
+        raise ValueError("rows must be C-contiguous: the noise is written through a flat view")
     num_rows, width = rows.shape
-    vocab = len(sampler.probabilities) + 1
+    group, vocab = member.shape
+    member = member.reshape(-1)
     noise_counts = lengths - num_contexts
     draw_starts = np.zeros(num_rows + 1, dtype=np.int64)
     np.cumsum(noise_counts, out=draw_starts[1:])
@@ -194,13 +204,9 @@ def _fill_noise(rows: np.ndarray, contexts: np.ndarray, num_contexts: np.ndarray
     slot_of = np.repeat(np.arange(num_rows) * width + num_contexts - draw_starts[:-1],
                         noise_counts)
     slot_of += np.arange(total)
-    flat_rows = rows.reshape(-1)
-    if not np.shares_memory(flat_rows, rows):
-        raise ValueError("rows must be C-contiguous: the noise is written through a flat view")
+    flat_rows = rows.reshape(-1)  # a view, `rows` being contiguous
     flat_rows[slot_of] = drawn
     collides = np.empty(total, dtype=bool)
-    group = max(1, _MEMBER_CELLS // vocab)  # rows per bitmap, so it stays cache-sized
-    member = np.zeros(min(group, num_rows) * vocab, dtype=bool)
     context_columns = np.arange(contexts.shape[1])
     for start in range(0, num_rows, group):
         stop = min(start + group, num_rows)

@@ -14,13 +14,15 @@ The step (`train_step`) is written out rather than taken from autograd, as torch
 `model.pair_plan` lists the batch's real pairs on the host, the hybridized
 `model.PairObjective` (one cached graph, static memory) gives the loss and d loss / d logits,
 one native operator (`gradient_kernel.cc`; without it `model.dense_gradients`, two sparse
-matrix products) sums the table gradients, and one Adam operator per table updates it in place. `loss_and_grads` returns that same gradient, and
+matrix products) sums the table gradients, and one Adam operator per table updates it in
+place. `loss_and_grads` returns that same gradient, and
 `tests/test_mxnet_backend.py` checks it against autograd on the chapter's `SkipGramObjective`.
 Where the time goes, and what was tried: README, "How each backend is made fast".
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -33,6 +35,7 @@ from common.batching import Batch, real_pairs
 from common.errors import ConfigError
 
 TABLES = ("center", "context")  # optimiser index 0 and 1, as in Params
+_UNRESOLVED = object()  # an operator not looked up yet (None means MXNet's own)
 
 
 def available_devices() -> list[str]:
@@ -80,7 +83,7 @@ class TorchAdam(mx.optimizer.Optimizer):
     def __init__(self, learning_rate: float, kernel: str | None = None) -> None:
         super().__init__(learning_rate=learning_rate)
         self.kernel = kernel
-        self._operators: tuple[Any, Any] | None = None  # resolved on first use
+        self._native: Any = _UNRESOLVED  # the native Adam operator or None, on first use
         self.beta1, self.beta2 = ADAM_BETAS
         self.epsilon = ADAM_EPS
         self.steps: dict[int, int] = {}
@@ -93,17 +96,16 @@ class TorchAdam(mx.optimizer.Optimizer):
                 mx.nd.zeros(weight.shape, weight.ctx, dtype=weight.dtype) for _ in range(2))
         return self.moments[index]
 
-    def native_operators(self, context: mx.Context) -> tuple[Any, Any]:
-        """(Adam, gradient) native operators for arrays on `context`, None for MXNet's own.
+    def native_adam(self, context: mx.Context) -> Any:
+        """The native Adam operator for arrays on `context`, or None for MXNet's `adam_update`.
 
         Resolved once per optimiser, on first use (building the library if need be), not at
         every step: `kernel` (or the environment) decides, as `kernels.adam_update` says.
         """
-        if self._operators is None:
-            on_cpu = context.device_type == "cpu"
-            self._operators = ((kernels.adam_update(self.kernel),
-                                kernels.dense_gradients(self.kernel)) if on_cpu else (None, None))
-        return self._operators
+        if self._native is _UNRESOLVED:
+            self._native = (kernels.adam_update(self.kernel) if context.device_type == "cpu"
+                            else None)
+        return self._native
 
     def update(self, index: int, weight: mx.nd.NDArray, grad: mx.nd.NDArray,
                state: tuple[mx.nd.NDArray, mx.nd.NDArray]) -> None:
@@ -115,7 +117,7 @@ class TorchAdam(mx.optimizer.Optimizer):
         exp_avg, exp_avg_sq = state
         lr = self._get_lr(index) * bias_correction2_sqrt / bias_correction1
         epsilon = self.epsilon * bias_correction2_sqrt
-        native = self.native_operators(weight.context)[0] if self.rescale_grad == 1.0 else None
+        native = self.native_adam(weight.context) if self.rescale_grad == 1.0 else None
         if native is not None:
             native(weight, grad, exp_avg, exp_avg_sq, out=weight, lr=lr, epsilon=epsilon,
                    beta1=self.beta1, beta2=self.beta2)
@@ -157,6 +159,14 @@ class MXNetBackend(Backend):
     @property
     def _tables(self) -> tuple[mx.np.ndarray, mx.np.ndarray]:
         return self.net.center.weight.data(), self.net.context.weight.data()
+
+    @functools.cached_property
+    def _native_gradients(self) -> Any:
+        """The native gradient operator, or None for `model.dense_gradients` (sparse dot).
+
+        Resolved on the first step, once, as `kernels.dense_gradients` says (CPU only).
+        """
+        return kernels.dense_gradients() if self.context.device_type == "cpu" else None
 
     def _new_optimizer(self) -> None:
         """A fresh optimiser (no state, step 0) over both tables, in `TABLES` order."""
@@ -246,7 +256,7 @@ class MXNetBackend(Backend):
         center_table, context_table = self._tables
         loss, slot_grads = self.pairs(center_table, context_table, center_ids, context_ids,
                                       signs, weights)
-        native = self._optimizer.native_operators(self.context)[1]
+        native = self._native_gradients
         if native is not None:
             # It reads only the first row_starts[V] = count pairs: no slicing off the padding.
             native(*(array.as_nd_ndarray() for array in (

@@ -4,11 +4,11 @@ Two ways to the gradient, the same mathematics:
 - `SkipGramObjective` + autograd, as the chapter writes it (`batch_dot` over (B, L) slots).
 - `PairObjective` + `dense_gradients`, the objective's gradient written out (as in
   `backends/numpy/model.py`): the training step. It works on the batch's real (centre, context)
-  pairs only, listed on the host by `common.batching.real_pairs` (`pair_plan`), and sums the gradient rows with two sparse
-  matrix products. About 2x less CPU per step than autograd on a 2-core CPU, where
-  MXNet 1.9.1's wheel (SSE3 kernels) spends its time in `batch_dot`'s 512 tiny GEMMs per
-  direction, in `_backward_Embedding` and in elementwise passes over the (B, L, E) slots,
-  56% of which are padding on PTB.
+  pairs only, listed on the host by `common.batching.real_pairs` (`pair_plan`), and sums the
+  gradient rows with two sparse matrix products. About 2x less CPU per step than autograd on a
+  2-core CPU, where MXNet 1.9.1's wheel (SSE3 kernels) spends its time in `batch_dot`'s 512 tiny
+  GEMMs per direction, in `_backward_Embedding` and in elementwise passes over the (B, L, E)
+  slots, 56% of which are padding on PTB.
 
 Every function taking `F` gets the namespace Gluon hands to `hybrid_forward`: `mx.ndarray` when
 the block runs eagerly, `mx.symbol` while it is being hybridized into a graph. Called from
