@@ -23,6 +23,9 @@ from common.batching import Batch
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+# chapter: the chapter's formulation through the framework's own autodiff and stock optimiser;
+# fast: the tuned step (same figures, any means). Both train every backend.
+STEPS = ("chapter", "fast")
 
 
 class Params(NamedTuple):
@@ -66,7 +69,13 @@ class Backend(abc.ABC):
     steps_per_call: ClassVar[int] = 1
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
+        from common.errors import ConfigError
+
+        if step not in STEPS:
+            raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {step!r}")
+        self.step = step
         self.vocab_size = vocab_size
         self.embed_size = embed_size
         self.lr = lr

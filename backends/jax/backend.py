@@ -159,9 +159,10 @@ class JaxBackend(Backend):
     fixed_shapes: ClassVar[bool] = True  # jit compiles one program per input shape
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer)
+                         optimizer=optimizer, step=step)
         kind, index = require_device(device, self.devices())
         self.jax_device: jax.Device = jax.devices(kind)[index]
         if optimizer != "adam":

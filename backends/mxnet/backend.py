@@ -136,9 +136,10 @@ class MXNetBackend(Backend):
     fixed_shapes: ClassVar[bool] = False
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer)
+                         optimizer=optimizer, step=step)
         self.context = mxnet_context(device)
         if optimizer != "adam":
             raise ConfigError(f"the mxnet backend offers only --optimizer adam, got {optimizer!r}")

@@ -24,9 +24,10 @@ class NumpyBackend(Backend):
     framework = "numpy"
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer)
+                         optimizer=optimizer, step=step)
         require_device(device, self.devices())
         if optimizer != "adam":
             raise ConfigError("the numpy backend offers only --optimizer adam")

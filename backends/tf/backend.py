@@ -74,9 +74,10 @@ class TFBackend(Backend):
     steps_per_call: ClassVar[int] = 8
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer)
+                         optimizer=optimizer, step=step)
         kind, index = require_device(device, self.devices())
         self.tf_device = "/CPU:0" if kind == "cpu" else f"/GPU:{index}"
         if optimizer not in OPTIMIZERS:

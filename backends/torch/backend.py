@@ -43,9 +43,10 @@ class TorchBackend(Backend):
     fixed_shapes: ClassVar[bool] = False  # eager: each batch may have its own L
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam") -> None:
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer)
+                         optimizer=optimizer, step=step)
         kind, index = require_device(device, self.devices())
         self.torch_device = torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
         if optimizer not in OPTIMIZERS:
