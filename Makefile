@@ -1,12 +1,17 @@
-# w2v-multi: two environments, made on first use and re-made when pyproject.toml changes.
-#   .venv        torch (CPU wheel by default), jax + flax + optax, tensorflow, numpy 2
-#   .venv-mxnet  mxnet 1.9.1, numpy < 1.24 (MXNet's last release needs the old numpy)
+# w2v-multi: environments made on first use, installed with the exact versions locked in
+# constraints/<env>.txt, and re-made when pyproject.toml or their lock changes.
+#   .venv        torch, jax + flax + optax, tensorflow, numpy 2          constraints/main.txt
+#   .venv-mxnet  mxnet 1.9.1, numpy < 1.24 (MXNet's last release)       constraints/mxnet.txt
+#   .venv-gpu    CUDA builds of torch, jax and tensorflow (make env-gpu) constraints/gpu.txt
 # Variables (override on the command line: `make train BACKEND=jax EPOCHS=1`):
 PYTHON        ?= python3.11
 MXNET_PYTHON  ?= python3.11
-# The torch requirement for .venv. On a GPU machine, e.g. TORCH_SPEC='torch==2.13.0'
-# with PIP_INDEX_URL pointing at the CUDA wheels, or TORCH_SPEC='torch>=2.13'.
-TORCH_SPEC    ?= torch==2.13.0
+# An extra package index for torch alone, e.g. https://download.pytorch.org/whl/cpu (a CPU
+# build, no CUDA libraries) or .../whl/cu126. Empty: the main index's torch, which on Linux
+# is a CUDA build. Every other package still comes from the main index.
+TORCH_INDEX   ?=
+# The torch release `make lock` resolves against (its wheel decides what a machine downloads).
+TORCH_VERSION ?= 2.13.0
 BACKEND       ?= torch
 DEVICE        ?= cpu
 EPOCHS        ?= 5
@@ -17,6 +22,7 @@ PYTEST_ARGS   ?=
 
 VENV       := .venv
 MXNET_VENV := .venv-mxnet
+GPU_VENV   := .venv-gpu
 MXNET_BACKENDS := mxnet gluon
 # The environment that hosts the chosen backend, so `make train BACKEND=mxnet` just works.
 ifneq ($(filter $(BACKEND),$(MXNET_BACKENDS)),)
@@ -30,8 +36,9 @@ REQUIRE_MAIN  := W2V_REQUIRE_BACKENDS=env:main W2V_REQUIRE_DATA=1
 REQUIRE_MXNET := W2V_REQUIRE_BACKENDS=env:mxnet W2V_REQUIRE_DATA=1
 endif
 PIP_QUIET := --quiet --disable-pip-version-check
+TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: train test test-main test-mxnet bench env clean-env
+.PHONY: train test test-main test-mxnet test-gpu bench env env-gpu lock check-minimums clean-env
 
 train: $(TRAIN_VENV)/.ready
 	$(TRAIN_VENV)/bin/w2v train --backend $(BACKEND) --device $(DEVICE) --epochs $(EPOCHS) \
@@ -47,11 +54,13 @@ test: $(VENV)/.ready $(MXNET_VENV)/.ready
 
 test-main: $(VENV)/.ready
 	@echo "== tests in $(VENV) (torch, jax, tf, numpy reference; numpy 2)"
-	W2V_RAN_FILE=$(VENV)/.backends-ran $(REQUIRE_MAIN) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	W2V_RAN_FILE=$(VENV)/.backends-ran W2V_LOCK_FILE=constraints/main.txt $(REQUIRE_MAIN) \
+		$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-mxnet: $(MXNET_VENV)/.ready
 	@echo "== tests in $(MXNET_VENV) (mxnet, numpy reference, common/ on numpy 1.23)"
-	W2V_RAN_FILE=$(MXNET_VENV)/.backends-ran $(REQUIRE_MXNET) $(MXNET_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	W2V_RAN_FILE=$(MXNET_VENV)/.backends-ran W2V_LOCK_FILE=constraints/mxnet.txt $(REQUIRE_MXNET) \
+		$(MXNET_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.ready $(MXNET_VENV)/.ready
 	$(VENV)/bin/python -m benchmarks.run --env main
@@ -59,18 +68,47 @@ bench: $(VENV)/.ready $(MXNET_VENV)/.ready
 
 env: $(VENV)/.ready $(MXNET_VENV)/.ready
 
-# The project is installed editable, so `w2v` runs the working tree.
-$(VENV)/.ready: pyproject.toml
+# A GPU machine: CUDA torch (the main index's Linux build, or TORCH_INDEX's), jax[cuda12] and
+# tensorflow[and-cuda] in one environment, then its tests: `make env-gpu test-gpu`.
+env-gpu: $(GPU_VENV)/.ready
+
+test-gpu: $(GPU_VENV)/.ready
+	W2V_LOCK_FILE=constraints/gpu.txt $(GPU_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The project is installed editable, so `w2v` runs the working tree. torch goes first, alone,
+# so that TORCH_INDEX serves torch and nothing else.
+$(VENV)/.ready: pyproject.toml constraints/main.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_QUIET) "$(TORCH_SPEC)" -e ".[jax,tf,test]"
+	$(VENV)/bin/pip install $(PIP_QUIET) -c constraints/main.txt $(TORCH_FROM) torch
+	$(VENV)/bin/pip install $(PIP_QUIET) -c constraints/main.txt -e ".[torch,jax,tf,test]"
 	touch $@
 
-$(MXNET_VENV)/.ready: pyproject.toml
+$(MXNET_VENV)/.ready: pyproject.toml constraints/mxnet.txt
 	rm -rf $(MXNET_VENV)
 	$(MXNET_PYTHON) -m venv $(MXNET_VENV)
-	$(MXNET_VENV)/bin/pip install $(PIP_QUIET) -e ".[mxnet,test]"
+	$(MXNET_VENV)/bin/pip install $(PIP_QUIET) -c constraints/mxnet.txt -e ".[mxnet,test]"
 	touch $@
 
+$(GPU_VENV)/.ready: pyproject.toml constraints/gpu.txt
+	rm -rf $(GPU_VENV)
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install $(PIP_QUIET) -c constraints/gpu.txt $(TORCH_FROM) torch
+	$(GPU_VENV)/bin/pip install $(PIP_QUIET) -c constraints/gpu.txt -e ".[torch,jax-cuda,tf-cuda,test]"
+	touch $@
+
+# Re-resolve every environment to the newest releases pyproject.toml allows and rewrite the
+# locks (torch stays at TORCH_VERSION). The GPU lock is resolved against the public index
+# alone, as a GPU machine sees it. Then `make test` rebuilds the environments on the new lock.
+lock:
+	$(PYTHON) constraints/lock.py main --python $(PYTHON) --pin torch==$(TORCH_VERSION)
+	$(PYTHON) constraints/lock.py mxnet --python $(MXNET_PYTHON)
+	$(PYTHON) constraints/lock.py gpu --python $(PYTHON) --pin torch==$(TORCH_VERSION) --isolated
+
+# Every direct dependency at its lower bound in throwaway environments, then the parity tests:
+# proof that pyproject.toml's minimums are real.
+check-minimums:
+	$(PYTHON) constraints/minimums.py --python $(PYTHON) --mxnet-python $(MXNET_PYTHON)
+
 clean-env:
-	rm -rf $(VENV) $(MXNET_VENV)
+	rm -rf $(VENV) $(MXNET_VENV) $(GPU_VENV) .venv-minimums .venv-mxnet-minimums
