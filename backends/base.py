@@ -15,7 +15,7 @@ Adam follows torch.optim.Adam: lr 0.002, betas (0.9, 0.999), eps 1e-8 added to s
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
@@ -191,6 +191,17 @@ class Backend(abc.ABC):
         return ["cpu"]
 
     @classmethod
+    def gpu_unavailable(cls) -> str:
+        """Why `devices()` lists no GPU: the build lacks CUDA (and what to install), or no GPU
+        is visible. Asked only when a GPU was requested and none is listed."""
+        return f"the {cls.name} backend runs on the CPU only"
+
+    @classmethod
+    def check_device(cls, device: str) -> tuple[str, int]:
+        """Parse `device`; fail in one line saying why when this framework cannot use it."""
+        return require_device(device, cls.devices(), cls.gpu_unavailable)
+
+    @classmethod
     def version(cls) -> str:
         """The framework's version string."""
         module = __import__(cls.framework)
@@ -225,13 +236,20 @@ def normalize_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-def require_device(device: str, available: list[str]) -> tuple[str, int]:
-    """Parse `device` and fail in one line, listing `available`, when the machine lacks it."""
+def require_device(device: str, available: list[str],
+                   why_no_gpu: Callable[[], str] | None = None) -> tuple[str, int]:
+    """Parse `device` and fail in one line, listing `available`, when the machine lacks it.
+
+    When a GPU is asked for and none is listed, `why_no_gpu()` says why (a CPU-only build and
+    what to install, or no visible GPU), so the user is not left guessing.
+    """
     from common.errors import DeviceError
 
     kind, index = normalize_device(device)
     name = "cpu" if kind == "cpu" else f"gpu:{index}"
     if name not in available:
-        raise DeviceError(f"device {device!r} is not available here; this machine offers: "
-                          f"{', '.join(available)}")
+        no_gpu = kind == "gpu" and not any(d.startswith("gpu") for d in available)
+        reason = f": {why_no_gpu()}" if no_gpu and why_no_gpu is not None else ""
+        raise DeviceError(f"device {device!r} is not available here{reason}; this machine "
+                          f"offers: {', '.join(available)}")
     return kind, index

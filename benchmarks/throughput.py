@@ -43,11 +43,10 @@ def device_model(device: str) -> str:
 def load_data(backend_class: Any, device: str, *, data_path: str | None, batch_size: int,
               embed_size: int, optimizer: str, seed: int = 0) -> tuple[Any, Any]:
     """The chapter's config with these sizes, and PTB's static epochs shaped for the backend."""
-    from backends.base import require_device
     from common.config import TrainConfig
     from common.data import prepare_training_data
 
-    require_device(device, backend_class.devices())
+    backend_class.check_device(device)
     config = TrainConfig(backend=backend_class.name, device=device, corpus="ptb", data=data_path,
                          batch_size=batch_size, embed_size=embed_size, optimizer=optimizer,
                          seed=seed).validate()

@@ -59,10 +59,9 @@ class TrainOutcome:
 def resolve_backend(name: str, device: str) -> Any:
     """Backend name -> Backend class, with the device checked before any data is read."""
     import backends
-    from backends.base import require_device
 
     backend_class = backends.load(name)
-    require_device(device, backend_class.devices())
+    backend_class.check_device(device)
     return backend_class
 
 

@@ -113,8 +113,9 @@ def test_asking_for_a_gpu_the_machine_lacks_is_one_line_and_exit_2():
         pytest.skip("this machine has a GPU")
     done = _run("benchmarks.throughput", "--backend", "numpy", "--device", "gpu")
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == ("throughput: error: device 'gpu' is not available here; "
-                                   "this machine offers: cpu")
+    assert done.stderr.strip() == ("throughput: error: device 'gpu' is not available here: "
+                                   "the numpy backend runs on the CPU only; this machine "
+                                   "offers: cpu")
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs util-linux flock")

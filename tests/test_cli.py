@@ -76,7 +76,7 @@ def test_similar_unknown_word_suggests_spellings(tmp_path, capsys):
     (["--lr-schedule", "cosine"], "invalid choice"),
     (["--backend", "theano"], "unknown backend 'theano': choose one of numpy"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--device", "gpu:3"], "not available here; this machine offers: cpu"),
+    (["--device", "gpu:3"], "runs on the CPU only; this machine offers: cpu"),
     (["--batch-size", "100000"], "larger than the data"),
 ])
 def test_bad_train_flags_are_one_line_errors(tmp_path, capsys, flags, fragment):

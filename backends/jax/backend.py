@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
+from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
 from backends.jax import model
 from common.batching import Batch
 from common.errors import ConfigError
@@ -163,7 +163,7 @@ class JaxBackend(Backend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        kind, index = require_device(device, self.devices())
+        kind, index = self.check_device(device)
         self.jax_device: jax.Device = jax.devices(kind)[index]
         if optimizer != "adam":
             raise ConfigError(f"the jax backend offers only --optimizer adam, got {optimizer!r}")
@@ -278,6 +278,15 @@ class JaxBackend(Backend):
     def devices(cls) -> list[str]:
         return ["cpu"] + [f"gpu:{index}" for index in range(len(_gpus()))]
 
+    @classmethod
+    def gpu_unavailable(cls) -> str:
+        plugins = _cuda_plugins()
+        if not plugins:
+            return (f"jaxlib {jax.__version__} has no CUDA plugin; install jax[cuda12]: "
+                    f"make env-gpu (README: GPUs)")
+        return (f"JAX's CUDA plugin ({', '.join(plugins)}) finds no GPU (no NVIDIA driver, or "
+                f"CUDA_VISIBLE_DEVICES hides them): {_gpu_probe_error() or 'no error given'}")
+
     # -- use ------------------------------------------------------------------------------
     def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The chapter's `get_similar_tokens` for Q queries at once: (Q,) -> (Q, k), (Q, k)."""
@@ -289,15 +298,30 @@ class JaxBackend(Backend):
 
 def _gpus() -> list[jax.Device]:
     """The GPUs JAX can use; none (not an error) when jaxlib has no GPU plugin."""
+    return [] if _gpu_probe_error() else jax.devices("gpu")
+
+
+def _gpu_probe_error() -> str:
+    """JAX's own first line on why it offers no GPU ("Unknown backend: 'gpu' requested, but
+    no platforms ..."), or "" when it has one; its log notices are held back meanwhile."""
     probe_logger = logging.getLogger("jax._src.xla_bridge")
     quiet = _QuietPlatformProbe()
     probe_logger.addFilter(quiet)
     try:
-        return jax.devices("gpu")
-    except RuntimeError:  # "Unknown backend: 'gpu' requested, but no platforms ..."
-        return []
+        jax.devices("gpu")
+        return ""
+    except RuntimeError as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
     finally:
         probe_logger.removeFilter(quiet)
+
+
+def _cuda_plugins() -> list[str]:
+    """Installed JAX CUDA plugin distributions (jax-cuda12-plugin, ...), found without import."""
+    from importlib import metadata
+
+    names = {dist.metadata["Name"].lower() for dist in metadata.distributions()}
+    return sorted(name for name in names if name.startswith("jax-cuda") and "plugin" in name)
 
 
 class _QuietPlatformProbe(logging.Filter):

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import mxnet as mx
 import numpy as np
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
+from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
 from backends.mxnet import kernels, model
 from common.batching import Batch, real_pairs
 from common.errors import ConfigError
@@ -52,7 +52,7 @@ def mxnet_context(device: str) -> mx.Context:
 
     A device this machine lacks raises a one-line DeviceError listing what it has.
     """
-    kind, index = require_device(device, available_devices())
+    kind, index = MXNetBackend.check_device(device)
     return mx.cpu() if kind == "cpu" else mx.gpu(index)
 
 
@@ -317,6 +317,14 @@ class MXNetBackend(Backend):
     @classmethod
     def devices(cls) -> list[str]:
         return available_devices()
+
+    @classmethod
+    def gpu_unavailable(cls) -> str:
+        if not mx.runtime.Features().is_enabled("CUDA"):
+            return (f"mxnet {mx.__version__} is the CPU build; MXNet's CUDA builds are separate "
+                    f"packages (pip install mxnet-cu112==1.9.1 in .venv-mxnet, README: GPUs)")
+        return (f"mxnet {mx.__version__} is built with CUDA but sees no GPU (no NVIDIA driver, "
+                f"or CUDA_VISIBLE_DEVICES hides them)")
 
     # -- use ------------------------------------------------------------------------------
     def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
+from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
 from backends.numpy import model
 from common.batching import Batch
 from common.errors import ConfigError
@@ -28,7 +28,7 @@ class NumpyBackend(Backend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        require_device(device, self.devices())
+        self.check_device(device)
         if optimizer != "adam":
             raise ConfigError("the numpy backend offers only --optimizer adam")
         shape = (2, vocab_size, embed_size)  # [0] centre table, [1] context table

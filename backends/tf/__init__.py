@@ -58,6 +58,10 @@ def _import_tensorflow() -> None:
     """`import tensorflow`, quietly and without the frameworks it would pull in."""
     if "tensorflow" in sys.modules:
         return
+    # TensorFlow maps nearly all of a GPU's memory when it first uses it, which would starve
+    # JAX or torch in the same process (a pytest run loads all three). Grow as needed instead;
+    # a user's own setting wins. Read when the GPUs are initialised, after this import.
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     # A None entry in sys.modules makes `import name` raise ImportError (importlib docs).
     hidden = [name for name in _NOT_FOR_TENSORFLOW if name not in sys.modules]
     with quiet_native_logs():

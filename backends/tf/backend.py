@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import tensorflow as tf
 
-from backends.base import AdamState, Backend, Params, require_device
+from backends.base import AdamState, Backend, Params
 from backends.tf import model, quiet_native_logs
 from common.batching import Batch
 from common.errors import ConfigError
@@ -78,7 +78,7 @@ class TFBackend(Backend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        kind, index = require_device(device, self.devices())
+        kind, index = self.check_device(device)
         self.tf_device = "/CPU:0" if kind == "cpu" else f"/GPU:{index}"
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"the tf backend offers --optimizer {' or '.join(OPTIMIZERS)}, "
@@ -266,6 +266,14 @@ class TFBackend(Backend):
     @classmethod
     def devices(cls) -> list[str]:
         return ["cpu"] + [f"gpu:{index}" for index in range(_gpu_count())]
+
+    @classmethod
+    def gpu_unavailable(cls) -> str:
+        if not tf.test.is_built_with_cuda():
+            return (f"tensorflow {tf.__version__} is built without CUDA; install "
+                    f"tensorflow[and-cuda]: make env-gpu (README: GPUs)")
+        return (f"tensorflow {tf.__version__} is built with CUDA but sees no GPU (no NVIDIA "
+                f"driver, CUDA libraries it cannot load, or CUDA_VISIBLE_DEVICES hides them)")
 
     # -- use ------------------------------------------------------------------------------
     def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params, require_device
+from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
 from backends.torch import model
 from common.batching import Batch
 from common.errors import ConfigError
@@ -47,7 +47,7 @@ class TorchBackend(Backend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        kind, index = require_device(device, self.devices())
+        kind, index = self.check_device(device)
         self.torch_device = torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"the torch backend offers --optimizer {' or '.join(OPTIMIZERS)}, "
@@ -215,6 +215,15 @@ class TorchBackend(Backend):
     @classmethod
     def devices(cls) -> list[str]:
         return ["cpu"] + [f"gpu:{index}" for index in range(torch.cuda.device_count())]
+
+    @classmethod
+    def gpu_unavailable(cls) -> str:
+        if torch.version.cuda is None:
+            return (f"torch {torch.__version__} is a CPU-only build; install a CUDA build: "
+                    f"make env-gpu, or TORCH_INDEX=https://download.pytorch.org/whl/cu126 "
+                    f"(README: GPUs)")
+        return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no "
+                f"GPU (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)")
 
     # -- use ------------------------------------------------------------------------------
     @torch.no_grad()
