@@ -220,7 +220,7 @@ def _run_vectors(run_arg: str) -> tuple[Any, Any, Path]:
         raise DataError(f"{run} has no {runs.VECTORS} yet: let its training finish (or "
                         f"`w2v train --resume {run}`)")
     keyed = load_word2vec(run / runs.VECTORS, words=vocab.idx_to_token[1:],
-                          dimension=config.embed_size)
+                          dimension=config.embed_size, advice=runs.export_advice(run))
     return keyed, vocab, run
 
 
@@ -329,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except W2VError as error:
         print(f"w2v: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # `w2v evaluate --json | head`: the reader left, nothing to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as interrupt:
         signum = getattr(interrupt, "signum", signal.SIGINT)
         if signum == signal.SIGINT:

@@ -61,7 +61,7 @@ def export_word2vec(destination: str | Path, tokens: Sequence[str], vectors: np.
 
 
 def load_word2vec(path: str | Path, *, binary: bool = False, words: Sequence[str] = (),
-                  dimension: int | None = None) -> Any:
+                  dimension: int | None = None, advice: str = "export it again") -> Any:
     """Load exported vectors as gensim `KeyedVectors`, checked before and after gensim reads.
 
     The header must promise no more than the file can hold (gensim allocates what it
@@ -71,8 +71,6 @@ def load_word2vec(path: str | Path, *, binary: bool = False, words: Sequence[str
     from gensim.models import KeyedVectors
 
     path = Path(path)
-    advice = ("resume the run (`w2v train --resume`) to export it again" if not binary
-              else "export it again")
     try:
         if not path.is_file():
             raise DataError(f"{path} is missing or not a regular file: {advice}")

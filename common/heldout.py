@@ -64,7 +64,7 @@ class HeldOut:
         longest = int(encoded.lengths.max(initial=0))
         preflight.check_arrays("validation examples", preflight.examples_bytes(
             config, preflight.expected_centres(vocab.counts, config.subsample_t,
-                                               len(encoded.tokens)), longest))
+                                               len(encoded.tokens)), longest, len(vocab)))
         data = build_dataset(encoded, vocab.counts,
                              max_window_size=config.max_window_size,
                              num_noise_words=config.num_noise_words, t=config.subsample_t,

@@ -22,6 +22,7 @@ import numpy as np
 
 from common.config import TrainConfig
 from common.errors import ResourceError
+from common import sampling
 from common.sampling import context_reach
 
 INT32, INT64, FLOAT32 = 4, 8, 4
@@ -122,11 +123,12 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
     centres = shape.centres
     if config.sampling == "resample":
         centres = min(centres, CHUNKS_IN_FLIGHT * (chunk_tokens + shape.longest_sentence))
-    items["epoch arrays"] = examples_bytes(config, centres, shape.longest_sentence)
+    items["epoch arrays"] = examples_bytes(config, centres, shape.longest_sentence, vocab)
     return Estimate(items)
 
 
-def examples_bytes(config: TrainConfig, centres: int, longest_sentence: int) -> int:
+def examples_bytes(config: TrainConfig, centres: int, longest_sentence: int,
+                   vocab_size: int) -> int:
     """`sampling.build_dataset`'s peak for `centres` centre words: the padded rows of contexts
     and noise, with the temporaries it holds while it builds them, and the noise bitmap."""
     reach = context_reach(config.max_window_size, longest_sentence)
@@ -134,7 +136,11 @@ def examples_bytes(config: TrainConfig, centres: int, longest_sentence: int) -> 
     per_centre = (INT32 + width * INT32 + 2 * INT64            # centre, row, counts, lengths
                   + 2 * reach * (INT32 + 1 + INT64)             # contexts, mask, positions
                   + 6 * INT64)                                  # windows, rooms, offsets
-    return centres * per_centre + (8 << 20)
+    # The noise draws of one block of rows: values, row and slot of each, collision flags.
+    block = min(centres, sampling.ROWS_PER_BLOCK) * width * (INT32 + 2 * INT64 + 1)
+    bitmap_rows = min(max(1, sampling.MEMBER_CELLS // vocab_size), sampling.ROWS_PER_BLOCK,
+                      max(centres, 1))
+    return centres * per_centre + block + bitmap_rows * vocab_size
 
 
 def _read_int(path: Path) -> int | None:

@@ -161,10 +161,16 @@ def load_config(run: Path) -> TrainConfig:
         raise DataError(f"{path}: {error}: {advice}") from None
 
 
+def export_advice(run: Path) -> str:
+    """What to do about a damaged file of a run's end (vectors, report, scores)."""
+    return (f"delete {run / VECTORS}, then `w2v train --resume {run}` exports the run's "
+            f"vectors, report and scores again")
+
+
 def load_report(run: Path) -> dict[str, Any]:
     """`run`'s report.json: an object whose figures are numbers (null where undefined)."""
     path = run / REPORT
-    advice = "resume the run (`w2v train --resume`) to write it again"
+    advice = export_advice(run)
     report = read_json(path, kind=dict, advice=advice, limit=64 << 20)
     for key in ("all_epochs_mean_loss", "last_epoch_mean_loss", "centre_words", "seconds",
                 "centre_words_per_second"):
@@ -179,7 +185,7 @@ def load_metrics(run: Path) -> list[dict[str, Any]]:
     A last line cut by a kill is dropped (the next checkpoint rewrites the file whole).
     """
     path = run / METRICS
-    advice = "resume the run (`w2v train --resume`) to write it again"
+    advice = export_advice(run)
     rows = read_jsonl(path, advice=advice, limit=256 << 20)
     for number, row in enumerate(rows, start=1):
         if not all(_number_or_null(row.get(key, "")) for key in ("epoch", "loss")):
@@ -205,6 +211,17 @@ def read_jsonl(path: Path, *, advice: str, limit: int) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{number} is not a JSON object: {advice}")
         rows.append(row)
     return rows
+
+
+def load_evaluation(run: Path) -> dict[str, dict[str, Any]]:
+    """`run`'s evaluation.json: each benchmark an object of numbers (null: undefined)."""
+    path = run / EVALUATION
+    advice = f"`w2v evaluate --run {run}` writes it again"
+    scores = read_json(path, kind=dict, advice=advice, limit=1 << 20)
+    for name, figures in scores.items():
+        if not isinstance(figures, dict) or not all(map(_number_or_null, figures.values())):
+            raise DataError(f"{path}: {name} is not an object of numbers: {advice}")
+    return scores
 
 
 def _number_or_null(value: Any) -> bool:
@@ -301,7 +318,8 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
     except FileNotFoundError:
         raise DataError(f"{path} does not exist: the run has no checkpoint yet") from None
     except (OSError, ValueError, KeyError, EOFError, TypeError, OverflowError, MemoryError,
-            zipfile.BadZipFile, zipfile.LargeZipFile) as error:
+            NotImplementedError, zipfile.BadZipFile, zipfile.LargeZipFile) as error:
+        # NotImplementedError: zipfile's word for a damaged "version needed" or method field.
         raise DataError(f"{path} is corrupt or truncated ({type(error).__name__}): "
                         f"{advice}") from None
     if _digest(arrays, meta_text) != checksum:

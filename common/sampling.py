@@ -22,8 +22,8 @@ from common.vocab import EncodedCorpus
 NOISE_POWER = 0.75
 # Only a vocabulary whose every word is some example's context makes redrawing endless.
 _MAX_REDRAW_ROUNDS = 1000
-_ROWS_PER_BLOCK = 4096
-_MEMBER_CELLS = 1 << 23  # at most 8 MB of membership bitmap at a time
+ROWS_PER_BLOCK = 4096  # rows of noise drawn at a time (`preflight` counts their temporaries)
+MEMBER_CELLS = 1 << 23  # at most 8 MB of membership bitmap at a time
 
 
 class Pairs(NamedTuple):
@@ -183,11 +183,11 @@ def draw_negatives(pairs: Pairs, sampler: NoiseSampler, num_noise_words: int,
     # The collision bitmap, all zeros between uses: allocated once, not once per block (its
     # pages would fault in again every time).
     vocab = len(sampler.probabilities) + 1
-    group_rows = min(max(1, _MEMBER_CELLS // vocab), _ROWS_PER_BLOCK, max(num_rows, 1))
+    group_rows = min(max(1, MEMBER_CELLS // vocab), ROWS_PER_BLOCK, max(num_rows, 1))
     member = np.zeros((group_rows, vocab), dtype=bool)
     # Blocks of rows keep every temporary in cache: on PTB this halves the time.
-    for start in range(0, num_rows, _ROWS_PER_BLOCK):
-        block = slice(start, start + _ROWS_PER_BLOCK)
+    for start in range(0, num_rows, ROWS_PER_BLOCK):
+        block = slice(start, start + ROWS_PER_BLOCK)
         _fill_noise(contexts_negatives[block], pairs.contexts[block],
                     pairs.num_contexts[block], lengths[block], sampler, rng, member)
     return SkipGramData(pairs.centers, contexts_negatives, pairs.num_contexts, lengths)
