@@ -8,7 +8,8 @@ changes what a run holds (the data pipeline, an optimiser, replicas, a model var
 change its item here, so the preflight keeps telling the truth.
 
 The estimates are upper bounds, not measurements: `tests/test_faults.py` checks that a small
-run's actual NumPy peak stays below them.
+run's actual NumPy peak stays below them. The memory compared is the host's: on an accelerator
+the tables live in device memory, which this does not read yet.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from typing import Callable
 
 import numpy as np
 
+from common import sampling
 from common.config import TrainConfig
 from common.errors import ResourceError
-from common import sampling
 from common.sampling import context_reach
 
 INT32, INT64, FLOAT32 = 4, 8, 4
@@ -35,7 +36,8 @@ CHUNKS_IN_FLIGHT = 2
 
 def padded_width(config: TrainConfig, longest_sentence: int) -> int:
     """The widest row of contexts and noise this corpus can give: 2 * reach * (1 + K)."""
-    return 2 * context_reach(config.max_window_size, longest_sentence) * (1 + config.num_noise_words)
+    reach = context_reach(config.max_window_size, longest_sentence)
+    return 2 * reach * (1 + config.num_noise_words)
 
 
 @dataclass
@@ -89,7 +91,7 @@ def expected_centres(counts: np.ndarray, subsample_t: float, tokens: int) -> int
     return min(tokens, math.ceil(mean + 6 * math.sqrt(mean) + 64))
 
 
-def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
+def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per_call: int = 1,
              chunk_tokens: int = 1 << 18) -> Estimate:
     """The bytes a run of `config` on a corpus of `shape` holds at its peak, per item.
 
@@ -98,8 +100,9 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
     - optimizer state: Adam's two moments of both tables (dense, for both optimisers);
     - transient copies: one more set of tables, gradients and state, for frameworks whose
       update writes new arrays before it frees the old ones (JAX, XLA, autograd buffers);
-    - padded batch: ids, masks and labels of `BATCHES_IN_FLIGHT` batches of B x L, plus the
-      step's (B, L, E) gathered context rows and their gradient;
+    - padded batch: ids, masks and labels of the batches in flight (`BATCHES_IN_FLIGHT`, and
+      the `steps_per_call` a backend stacks into one call), plus the step's (B, L, E)
+      gathered context rows and their gradient;
     - epoch arrays: every centre's padded row of contexts and noise (`static`) or two
       chunks of them (`resample`), with the temporaries that sampling holds while it builds
       them (windows, context positions, membership tests).
@@ -119,7 +122,8 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
     items["optimizer state"] = 4 * table
     items["transient copies"] = items["tables"] + items["gradients"] + items["optimizer state"]
     batch_ids = rows * (INT32 + width * (INT32 + FLOAT32 + FLOAT32))
-    items["padded batch"] = BATCHES_IN_FLIGHT * batch_ids + 2 * rows * width * embed * FLOAT32
+    in_flight = BATCHES_IN_FLIGHT + 2 * (steps_per_call - 1)  # a group, and its stacked copy
+    items["padded batch"] = in_flight * batch_ids + 2 * rows * width * embed * FLOAT32
     centres = shape.centres
     if config.sampling == "resample":
         centres = min(centres, CHUNKS_IN_FLIGHT * (chunk_tokens + shape.longest_sentence))
@@ -181,10 +185,10 @@ def available_memory() -> tuple[int, str]:
     return min(found)
 
 
-def check(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
+def check(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per_call: int = 1,
           available: Callable[[], tuple[int, str]] | None = None) -> Estimate:
     """Refuse (one line: bytes needed, bytes available, what to lower) a run that cannot fit."""
-    needed = estimate(config, shape, fixed_shapes=fixed_shapes)
+    needed = estimate(config, shape, fixed_shapes=fixed_shapes, steps_per_call=steps_per_call)
     free, source = (available or available_memory)()
     if needed.total > free:
         raise ResourceError(

@@ -120,14 +120,21 @@ def remove_temporaries(folder: Path, names: Sequence[str] = ()) -> list[Path]:
     return removed
 
 
-def open_run(run: str | Path) -> Path:
-    """Check that `run` is a finished or checkpointed run folder."""
-    path = Path(run)
+def existing_folder(folder: str | Path, flag: str) -> Path:
+    """`folder` as given to `flag`, which must name an existing folder (not a file)."""
+    path = Path(folder)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"--run {path} is a file, not a run folder: give the folder made by "
+        raise ConfigError(f"{flag} {path} is a file, not a run folder: give the folder made by "
                           f"`w2v train --out`")
     if not path.is_dir():
-        raise ConfigError(f"--run {path} does not exist: give a folder made by `w2v train --out`")
+        raise ConfigError(f"{flag} {path} does not exist: give a folder made by "
+                          f"`w2v train --out`")
+    return path
+
+
+def open_run(run: str | Path) -> Path:
+    """Check that `run` is a finished or checkpointed run folder."""
+    path = existing_folder(run, "--run")
     missing = [name for name in (CONFIG, VOCAB, CHECKPOINT) if not (path / name).is_file()]
     if missing:
         raise ConfigError(f"--run {path} is not a run folder (no {', '.join(missing)}): "

@@ -122,6 +122,7 @@ class _Session:
         self.config, self.run, self.log, self.progress = config, run, log, progress
         self.backend_class = backend_class
         self.data = prepare_training_data(config, fixed_shapes=self.backend_class.fixed_shapes,
+                                          steps_per_call=self.backend_class.steps_per_call,
                                           log=log)
         self.vocab = self.data.vocab
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
@@ -300,12 +301,7 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
 
     from common.vocab import Vocab
 
-    run = Path(run_arg)
-    if run.exists() and not run.is_dir():
-        raise ConfigError(f"--resume {run} is a file, not a run folder: give the folder made "
-                          f"by `w2v train --out`")
-    if not run.is_dir():
-        raise ConfigError(f"--resume {run} does not exist: give a folder made by `w2v train`")
+    run = runs.existing_folder(run_arg, "--resume")
     with runs.locked(run):
         runs.remove_temporaries(run)
         if not (run / runs.CONFIG).is_file() or not (run / runs.VOCAB).is_file():

@@ -227,15 +227,24 @@ def _start(out: Path, points: Sequence[tuple[str, TrainConfig]],
         configs = {entry["point"]: entry["config"] for entry in grid}
         return _finished_rows(out, configs) if (out / ROWS).is_file() else {}
     prepare_output(out, overwrite=overwrite)
-    for name in (ROWS, TABLE, PLOT):  # an overwritten sweep's rows must not pass for new ones
-        try:
-            (out / name).unlink(missing_ok=True)
-        except OSError as error:
-            from common.errors import DataError
-
-            raise DataError(f"cannot replace {out / name}: {error.strerror or error}") from None
-    write_json(out / GRID, grid)
+    if not overwrite:
+        write_json(out / GRID, grid)
     return {}
+
+
+def _replace_sweep(out: Path, points: Sequence[tuple[str, TrainConfig]]) -> None:
+    """An overwritten sweep's files give way to the new one's, once it has its first row.
+
+    Until then (a missing corpus, a point that cannot start) the old sweep stays whole.
+    """
+    from common.errors import DataError
+
+    write_json(out / GRID, [{"point": name, "config": config.to_dict()}
+                            for name, config in points])
+    try:
+        (out / PLOT).unlink(missing_ok=True)  # the old points' bars; the table comes next
+    except OSError as error:
+        raise DataError(f"cannot replace {out / PLOT}: {error.strerror or error}") from None
 
 
 def run_sweep(points: Sequence[tuple[str, TrainConfig]], out: str | Path, *,
@@ -296,6 +305,8 @@ def _run_points(points: Sequence[tuple[str, TrainConfig]], out: Path, *, overwri
         finally:
             file_log.close()
         rows.append(row)
+        if overwrite and len(rows) == 1:
+            _replace_sweep(out, points)
         write_table(out, rows, swept)
         log(f"[{number}/{len(points)}] {name}: " + (
             f"failed: {row['error']}" if row.get("error") else

@@ -207,6 +207,17 @@ def test_a_failing_overwrite_into_a_new_folder_leaves_nothing(tmp_path, capsys, 
     assert not run.exists()
 
 
+def test_a_failing_sweep_overwrite_leaves_the_old_sweep_whole(tmp_path, capsys, world):
+    sweep = _copy(world["sweep"], tmp_path / "sweep")
+    before = _snapshot(sweep)
+    args = _sweep_args(tmp_path / "nope.txt", sweep) + ["--overwrite"]
+    code, _, err = _run(capsys, args)
+    assert code == 1 and "does not exist" in _error_line(err)
+    assert _snapshot(sweep) == before
+    assert all(_snapshot(sweep / point) == _snapshot(world["sweep"] / point)
+               for point in ("lr=0.002", "lr=0.01"))
+
+
 # -- 2. the resource preflight -----------------------------------------------------------------
 
 @pytest.fixture
