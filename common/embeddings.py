@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -94,13 +95,19 @@ def load_word2vec(path: str | Path, *, binary: bool = False, words: Sequence[str
         raise DataError(f"{path} holds {size_per_vector}-dimensional vectors, the run's "
                         f"config.json says {dimension}: {advice}")
     try:
-        keyed = KeyedVectors.load_word2vec_format(str(path), binary=binary)
+        with warnings.catch_warnings():  # a value beyond float32 warns, then fails below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            keyed = KeyedVectors.load_word2vec_format(str(path), binary=binary)
     except (ValueError, UnicodeDecodeError, EOFError, KeyError, IndexError, OverflowError,
             MemoryError) as error:
         reason = " ".join(str(error).split())[:80] or type(error).__name__
         raise DataError(f"{path} is damaged ({reason}): {advice}") from None
     if not np.isfinite(keyed.vectors).all():
         raise DataError(f"{path} holds values that are not finite numbers: {advice}")
+    zero = np.flatnonzero(~keyed.vectors.any(axis=1))
+    if len(zero):  # no direction, no cosine: training never makes one
+        raise DataError(f"{path} holds a zero vector (for {keyed.index_to_key[zero[0]]!r}): "
+                        f"{advice}")
     missing = [word for word in words if word not in keyed.key_to_index]
     if missing:
         raise DataError(f"{path} lacks {len(missing)} word(s) of the run's vocabulary (such as "

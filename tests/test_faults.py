@@ -25,6 +25,7 @@ import shutil
 import signal
 import tempfile
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,11 +66,20 @@ def _bounded(seconds: int = COMMAND_SECONDS) -> Iterator[None]:
 
 
 def _run(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str, str]:
-    """`w2v ARGS` in-process: (exit code, stdout, stderr)."""
+    """`w2v ARGS` in-process: (exit code, stdout, stderr).
+
+    A warning that a user would see on stderr (Python shows RuntimeWarning, UserWarning and
+    the like by default) is one line too many: it fails the test.
+    """
     capsys.readouterr()
-    with _bounded():
+    with _bounded(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                       ResourceWarning):
+            warnings.simplefilter("ignore", hidden)
         code = main(args)
     out, err = capsys.readouterr()
+    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
     return code, out, err
 
 
@@ -439,6 +449,9 @@ DAMAGED_FILES = [
         r"^(\d+) 16", r"\1 8", t)), EVALUATE, "8-dimensional vectors"),
     ("vectors.txt: not finite", _edit_text(runs.VECTORS, lambda t: re.sub(
         r"(\nchip) (\S+)", r"\1 nan", t)), ANALOGY, "not finite"),
+    ("vectors.txt: a zero vector", _edit_text(runs.VECTORS, lambda t: re.sub(
+        r"\nbank [^\n]+", "\nbank " + " ".join(["0"] * 16), t)), ANALOGY,
+     "holds a zero vector (for 'bank')"),
     ("checkpoint: position past the epochs", lambda run: _position(run, epoch=5), RESUME,
      "its position is in epoch 6 but 1 epochs are reported"),
     ("checkpoint: batch past the epoch", lambda run: _rewrite_checkpoint(
