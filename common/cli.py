@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="WordSim353, SimLex-999 and analogies")
     evaluate.add_argument("--run", required=True, help="a run folder made by `w2v train`")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument("--pairs", action="append", default=[], metavar="FILE",
+                          help="also score word pairs of your own (WORD<TAB>WORD<TAB>SCORE, "
+                               "as wordsim353.tsv); repeatable")
+    evaluate.add_argument("--analogies", action="append", default=[], metavar="FILE",
+                          help="also score analogies of your own (as questions-words.txt); "
+                               "repeatable")
 
     analogy = commands.add_parser("analogy", help="a is to b as c is to ? (b - a + c)")
     # Three positionals, not nargs=3 with a tuple metavar: argparse crashes formatting the
@@ -231,8 +237,14 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from common.evaluate import evaluate, format_results
     from common.io import dumps, write_json
 
+    from common.evaluate import check_file
+
+    for path in args.pairs:  # the user's files, before the run's
+        check_file(path, "pairs")
+    for path in args.analogies:
+        check_file(path, "analogies")
     keyed, _, run = _run_vectors(args.run)
-    results = evaluate(keyed)
+    results = evaluate(keyed, pairs=args.pairs, analogy_files=args.analogies)
     if args.json:
         print(dumps(results, indent=2))
     else:

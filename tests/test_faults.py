@@ -550,6 +550,41 @@ def test_a_metrics_file_cut_by_a_kill_loses_only_its_last_line(tmp_path, world):
     assert len(runs.load_metrics(run)) == text.count("\n") - 1
 
 
+@pytest.mark.parametrize("kind, text, fragment", [
+    ("--pairs", None, "does not exist"),
+    ("--pairs", b"\xff\xfe\x00", "is not UTF-8"),
+    ("--pairs", b"# only a comment\n", "holds no entries"),
+    ("--pairs", b"chip\tintel\n", ":1: expected WORD<TAB>WORD<TAB>SCORE"),
+    ("--pairs", b"chip\tintel\tnan\n", ":1: expected WORD<TAB>WORD<TAB>SCORE"),
+    ("--analogies", b"chip intel bank money\n", ":1: expected a `: section` line"),
+    ("--analogies", b": topic\nchip intel bank\n", ":2: expected `: section` or four words"),
+])
+def test_a_bad_evaluation_file_of_ones_own_is_one_line(tmp_path, capsys, world, kind, text,
+                                                       fragment):
+    path = tmp_path / "mine.txt"
+    if text is not None:
+        path.write_bytes(text)
+    code, out, err = _run(capsys, ["evaluate", "--run", str(world["run"]), kind, str(path)])
+    line = _error_line(err)
+    assert code == 1 and fragment in line and str(path) in line, line
+    assert out == ""  # checked before anything is scored
+
+
+def test_evaluation_files_of_ones_own_are_scored(tmp_path, capsys, world):
+    pairs = tmp_path / "topics.tsv"
+    pairs.write_text("# mine\nchip\tintel\t9.0\nchip\tbank\t1.0\nmoney\tloan\t8.5\n"
+                     "vote\tchip\t0.5\n")
+    questions = tmp_path / "topics-analogies.txt"
+    questions.write_text(": topics\nchip intel bank money\nbank money vote senate\n")
+    code, out, err = _run(capsys, ["evaluate", "--run", str(world["run"]), "--pairs", str(pairs),
+                                   "--analogies", str(questions), "--json"])
+    assert code == 0, err
+    results = _strict(out)
+    assert results["topics.tsv"]["covered"] == 4 and results["topics.tsv"]["total"] == 4
+    assert -1 <= results["topics.tsv"]["spearman"] <= 1
+    assert results["topics-analogies.txt"]["covered"] == 2
+
+
 # -- 3b. Hypothesis: mutations of each file through every command that reads it ---------------
 
 MUTATIONS = st.one_of(
@@ -591,10 +626,14 @@ READERS = [
     (runs.VOCAB, "resume", 20),
     (runs.VECTORS, "analogy", 40), (runs.VECTORS, "evaluate", 40),
     (runs.CHECKPOINT, "similar", 40), (runs.CHECKPOINT, "resume", 25),
-    ("sweep.jsonl", "sweep", 15),
+    ("sweep.jsonl", "sweep", 15), ("pairs.tsv", "evaluate --pairs", 40),
+    ("questions.txt", "evaluate --analogies", 40),
 ]
 # `W2V_FUZZ_SCALE=10` tries ten times as many mutations (by hand, before a release).
 FUZZ_SCALE = max(1, int(os.environ.get("W2V_FUZZ_SCALE", "1") or 1))
+USER_FILES = {"pairs.tsv": "# Word 1\tWord 2\tHuman\nchip\tintel\t9.0\nbank\tloan\t8.0\n"
+                           "vote\tchip\t0.5\n",
+              "questions.txt": ": topics\nchip intel bank money\nbank money vote senate\n"}
 COMMANDS = {"similar": SIMILAR, "evaluate": EVALUATE, "analogy": ANALOGY, "resume": RESUME}
 
 
@@ -611,6 +650,11 @@ def test_any_mutation_ends_in_an_answer_or_one_line(tmp_path, capsys, world, nam
         if command == "sweep":
             folder = _copy(world["sweep"], scratch / "sweep")
             args = _sweep_args(world["corpus"], folder)
+        elif command.startswith("evaluate --"):  # a user's own file: next to the run
+            folder = scratch
+            (folder / name).write_text(USER_FILES[name])
+            args = ["evaluate", "--run", str(world["run"]), command.split()[1],
+                    str(folder / name)]
         else:
             folder = _copy(world["run"], scratch / "run")
             args = [part.format(run=folder) for part in COMMANDS[command]]
@@ -621,7 +665,7 @@ def test_any_mutation_ends_in_an_answer_or_one_line(tmp_path, capsys, world, nam
             if command in ("similar", "analogy"):
                 assert out.splitlines() and all(line.startswith("cosine sim=")
                                                 for line in out.splitlines()), out
-            elif command == "evaluate":
+            elif command.startswith("evaluate"):
                 assert "wordsim353: Spearman rho" in out
             elif command == "resume":
                 assert (folder / runs.VECTORS).is_file()
