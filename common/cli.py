@@ -320,8 +320,10 @@ def _stop_on_termination() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise Stopped(signum)
 
+    # A signal the caller ignores stays ignored: `nohup w2v train` must outlive its terminal.
     previous = {signum: signal.signal(signum, handler)
-                for signum in (signal.SIGTERM, signal.SIGHUP)}
+                for signum in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:

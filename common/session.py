@@ -104,7 +104,8 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
             raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
         request.signum = signum
 
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # nohup's SIGHUP stays off
     try:
         yield request
     finally:

@@ -819,6 +819,20 @@ def test_a_signal_while_training_checkpoints_and_says_how_to_resume(tmp_path, ca
     assert runs.load_checkpoint(run).position["batch"] == 20
 
 
+def test_an_ignored_hangup_stays_ignored(tmp_path, capsys, monkeypatch, world):
+    """`nohup w2v train ...` outlives its terminal: SIGHUP, ignored by nohup, changes nothing."""
+    monkeypatch.setenv("W2V_INTERRUPT_AFTER_BATCHES", "20")
+    monkeypatch.setenv("W2V_INTERRUPT_SIGNAL", "SIGHUP")
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code, out, err = _run(capsys, _train(world["corpus"], tmp_path / "run"))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert code == 0, err
+    assert "run folder:" in out
+
+
 def test_signal_handlers_are_restored_after_each_command(capsys, world):
     before = {signum: signal.getsignal(signum)
               for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
