@@ -73,23 +73,12 @@ def check_file(path: str | Path, kind: str) -> Path:
     questions-words.txt). Every problem is a one-line DataError naming the file and line.
     """
     from common.errors import DataError
+    from common.io import read_limited
 
     path = Path(path)
     expected = ("WORD<TAB>WORD<TAB>SCORE (as wordsim353.tsv)" if kind == "pairs" else
                 "`: section` or four words (as questions-words.txt)")
-    try:
-        if not path.is_file():
-            what = "does not exist" if not path.exists() else "is not a regular file"
-            raise DataError(f"evaluation file {path} {what}: give a file of {expected}")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise DataError(f"evaluation file {path} is larger than {MAX_FILE_BYTES >> 20} MiB: "
-                            f"give a file of {expected}")
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"evaluation file {path} is not UTF-8 (byte {error.start})") from None
-    except OSError as error:
-        raise DataError(f"cannot read evaluation file {path} ({error.strerror or error})") \
-            from None
+    text = read_limited(path, limit=MAX_FILE_BYTES, advice=f"give a file of {expected}")
     entries, in_section = 0, kind == "pairs"
     for number, line in enumerate(text.split("\n"), start=1):
         if kind == "analogies" and line.startswith(":"):
