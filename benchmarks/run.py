@@ -111,9 +111,11 @@ def step_scaling(names: list[str], found: dict[str, list[str]], quick: bool,
 
 def quality_record(run: Path, seconds_wall: float) -> dict[str, Any]:
     """The figures of a finished `w2v train` run folder that the comparison needs."""
-    report = json.loads((run / "report.json").read_text())
-    evaluation = json.loads((run / "evaluation.json").read_text())
-    config = json.loads((run / "config.json").read_text())
+    from common import runs
+
+    report = runs.load_report(run)
+    evaluation = runs.load_evaluation(run)
+    config = runs.load_config(run).to_dict()
     return machine.stamp({
         "benchmark": "quality", "backend": report["backend"],
         "framework_version": report["framework_version"], "device": report["device"],

@@ -20,7 +20,7 @@ import numpy as np
 
 from common.config import SAMPLING_MODES, TrainConfig
 from common.sampling import (NoiseSampler, SkipGramData, build_dataset, centers_and_contexts,
-                             draw_negatives, no_pairs_error, num_centers, subsample,
+                             context_reach, draw_negatives, no_pairs_error, num_centers, subsample,
                              take_sentences)
 from common.vocab import EncodedCorpus
 
@@ -196,6 +196,8 @@ class EpochData:
         self.batch_size, self.fixed_length, self.pad_last_batch = \
             batch_size, fixed_length, pad_last_batch
         self.chunk_tokens = chunk_tokens
+        # Every chunk pads to the whole corpus' reach, so that chunks can be joined.
+        self.reach = context_reach(max_window_size, int(corpus.lengths.max(initial=0)))
         self.sampler = NoiseSampler(self.counts)
         self._seed = int(rng.integers(2**63 - 1))
         self._static: SkipGramData | None = None
@@ -250,7 +252,7 @@ class EpochData:
         """Chunk `chunk`'s examples, unshuffled, and its stream (to shuffle with)."""
         rng = self._chunk_rng(epoch, chunk)
         kept = self._subsampled_chunk(plan, chunk, rng)
-        pairs = centers_and_contexts(kept, self.max_window_size, rng)
+        pairs = centers_and_contexts(kept, self.max_window_size, rng, reach=self.reach)
         return draw_negatives(pairs, self.sampler, self.num_noise_words, rng), rng
 
     def _stream(self, epoch: int, plan: _EpochPlan) -> Iterator[Batch]:

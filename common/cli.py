@@ -6,14 +6,17 @@ exit code; usage errors exit 2. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from common import config as config_module
 from common.config import TrainConfig
-from common.errors import ConfigError, W2VError
+from common.errors import ConfigError, Stopped, W2VError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="WordSim353, SimLex-999 and analogies")
     evaluate.add_argument("--run", required=True, help="a run folder made by `w2v train`")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument("--pairs", action="append", default=[], metavar="FILE",
+                          help="also score word pairs of your own (WORD<TAB>WORD<TAB>SCORE, "
+                               "as wordsim353.tsv); repeatable")
+    evaluate.add_argument("--analogies", action="append", default=[], metavar="FILE",
+                          help="also score analogies of your own (as questions-words.txt); "
+                               "repeatable")
 
     analogy = commands.add_parser("analogy", help="a is to b as c is to ? (b - a + c)")
     # Three positionals, not nargs=3 with a tuple metavar: argparse crashes formatting the
@@ -130,12 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty: give the folder to write, e.g. --out runs/mine")
+
+
 def command_train(args: argparse.Namespace) -> int:
     from common.session import resume_run, train_run
 
+    _check_out(args)
     progress = False if args.no_progress else None
     if args.resume is None:
-        train_run(_train_config(args), args.out or f"runs/{_train_config(args).backend}",
+        config = _train_config(args)
+        train_run(config, args.out if args.out is not None else f"runs/{config.backend}",
                   overwrite=args.overwrite, progress=progress, queries=args.query)
         return 0
     given = _given_flags(args)
@@ -196,33 +212,51 @@ def command_similar(args: argparse.Namespace) -> int:
 
 
 def _run_vectors(run_arg: str) -> tuple[Any, Any, Path]:
-    """A run's exported vectors (gensim KeyedVectors) and vocabulary."""
+    """A run's exported vectors (gensim KeyedVectors) and vocabulary, checked against each
+    other: every vocabulary word has a vector of the configured dimension."""
     from common import runs
     from common.embeddings import load_word2vec
     from common.errors import DataError
     from common.vocab import Vocab
 
     run = runs.open_run(run_arg)
-    if not (run / runs.VECTORS).is_file():
-        raise DataError(f"{run} has no {runs.VECTORS} yet: let its training finish")
-    return load_word2vec(run / runs.VECTORS), Vocab.load(run / runs.VOCAB), run
+    config = runs.load_config(run)
+    vocab = Vocab.load(run / runs.VOCAB)
+    if not (run / runs.VECTORS).exists():
+        raise DataError(f"{run} has no {runs.VECTORS} yet: let its training finish (or "
+                        f"`w2v train --resume {run}`)")
+    keyed = load_word2vec(run / runs.VECTORS, words=vocab.idx_to_token[1:],
+                          dimension=config.embed_size, advice=runs.export_advice(run))
+    return keyed, vocab, run
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    import json
-
+    """Print the scores first, then save them: a read-only or busy run still shows them."""
     from common import runs
+    from common.errors import DataError, RunInUseError
     from common.evaluate import evaluate, format_results
-    from common.io import write_json
+    from common.io import dumps, write_json
 
+    from common.evaluate import check_file
+
+    for path in args.pairs:  # the user's files, before the run's
+        check_file(path, "pairs")
+    for path in args.analogies:
+        check_file(path, "analogies")
     keyed, _, run = _run_vectors(args.run)
-    results = evaluate(keyed)
-    write_json(run / runs.EVALUATION, results)
+    results = evaluate(keyed, pairs=args.pairs, analogy_files=args.analogies)
     if args.json:
-        print(json.dumps(results, indent=2, sort_keys=True))
+        print(dumps(results, indent=2))
     else:
         for line in format_results(results):
             print(line)
+    sys.stdout.flush()
+    try:
+        with runs.locked(run):  # a training running there would rewrite it anyway
+            write_json(run / runs.EVALUATION, results)
+    except (DataError, RunInUseError) as error:
+        print(f"w2v: note: the scores above are not saved in {run / runs.EVALUATION} "
+              f"({error})", file=sys.stderr)
     return 0
 
 
@@ -243,6 +277,7 @@ def command_analogy(args: argparse.Namespace) -> int:
 def command_sweep(args: argparse.Namespace) -> int:
     from common.sweep import PLOT, TABLE, expand, format_table, run_sweep, summary
 
+    _check_out(args)
     grid = {name: value if isinstance(value, list) else [value]
             for name, value in _given_flags(args).items()}
     grid.setdefault("backend", [os.environ.get("W2V_BACKEND", TrainConfig.backend)])
@@ -271,21 +306,55 @@ def command_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _stop_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the command as Ctrl-C does (one line, files complete).
+
+    Training replaces these handlers with its own while it runs (it checkpoints first);
+    everywhere else (reading the corpus, exporting, evaluating) they raise `Stopped`.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    # A signal the caller ignores stays ignored: `nohup w2v train` must outlive its terminal.
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(signum) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `w2v` console script."""
     try:
-        args = build_parser().parse_args(argv)
-        handler = {"train": command_train, "similar": command_similar,
-                   "evaluate": command_evaluate, "analogy": command_analogy,
-                   "sweep": command_sweep, "backends": command_backends}[args.command]
-        return handler(args)
+        with _stop_on_termination():
+            args = build_parser().parse_args(argv)
+            handler = {"train": command_train, "similar": command_similar,
+                       "evaluate": command_evaluate, "analogy": command_analogy,
+                       "sweep": command_sweep, "backends": command_backends}[args.command]
+            return handler(args)
     except W2VError as error:
         print(f"w2v: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("w2v: interrupted; files already written are complete", file=sys.stderr)
-        return 130
-
+    except BrokenPipeError:  # `w2v evaluate --json | head`: the reader left, nothing to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        if signum == signal.SIGINT:
+            print("w2v: interrupted; files already written are complete", file=sys.stderr)
+        else:
+            print(f"w2v: stopped by {signal.Signals(signum).name}; files already written are "
+                  f"complete", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

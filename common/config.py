@@ -15,6 +15,7 @@ from common.errors import ConfigError
 SAMPLING_MODES = ("static", "resample")
 OPTIMIZERS = ("adam", "sparse_adam")
 LR_SCHEDULES = ("constant", "linear")
+MAX_EPOCHS = 1_000_000  # far beyond any run, and still an exact float and a small int64
 
 
 def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
@@ -79,6 +80,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
                                   f"got {value!r}")
+        if self.epochs > MAX_EPOCHS:  # sizes are the preflight's; a count of steps is not
+            raise ConfigError(f"--epochs must be at most {MAX_EPOCHS:,}, got {self.epochs!r}")
         for name in ("lr", "subsample_t"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0 or value != value \

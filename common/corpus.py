@@ -141,6 +141,7 @@ def _check_local(path: Path, sha1: str, origin: str) -> Path:
     """A user-given zip or folder, checked before any reading; returns what holds the splits."""
     if not path.exists():
         raise DataError(f"{origin} {path} does not exist; {_PTB_HINT}")
+    _require_regular(path, origin)
     if path.is_dir():
         for folder in (path, path / "ptb"):  # the folder itself or the zip's extracted layout
             if (folder / "ptb.train.txt").is_file():
@@ -187,7 +188,7 @@ def _zip_member(path: Path, split: str) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError) as error:
         raise DataError(f"{path} is not a readable zip archive ({_reason(error)}); "
                         f"{_PTB_HINT}") from None
     for name in [f"ptb/{wanted}"] + sorted(names):
@@ -204,7 +205,15 @@ def _decode(raw: bytes, source: str) -> str:
                         f"{error.start}); re-encode it as UTF-8") from None
 
 
+def _require_regular(path: Path, what: str) -> None:
+    """A pipe, device or socket would block or never end: refuse it before opening it."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise DataError(f"{what} {path} is not a regular file (a pipe, device or socket); "
+                        f"give a file on disk")
+
+
 def _read_bytes(path: Path, source: str) -> bytes:
+    _require_regular(path, "corpus")
     try:
         return path.read_bytes()
     except OSError as error:
@@ -238,7 +247,7 @@ def read_ptb(path: Path, split: str = "train") -> Corpus:
         try:
             with zipfile.ZipFile(path) as archive:
                 raw = archive.read(member)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
             raise DataError(f"cannot read {source} ({_reason(error)}); the archive is "
                             f"damaged; {_PTB_HINT}") from None
     text = _decode(raw, source)
@@ -283,6 +292,7 @@ def read_text(path: str | os.PathLike) -> Corpus:
     if file.is_dir():
         raise DataError(f"corpus {file} is a folder, not a text file; for a PTB folder use "
                         f"--data {file}")
+    _require_regular(file, "corpus")
     text = _decode(_read_bytes(file, str(file)), str(file))
     sentences = [words for words in map(str.split, text.splitlines()) if words]
     return _nonempty(Corpus(str(path), sentences, str(file)))

@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from common import preflight
 from common.batching import Batch, EpochData
 from common.config import TrainConfig
 from common.corpus import load_corpus
@@ -33,16 +34,27 @@ class TrainingData:
 
 
 def prepare_training_data(config: TrainConfig, *, fixed_shapes: bool = False,
+                          steps_per_call: int = 1,
                           log: Callable[[str], None] = print) -> TrainingData:
     """Load the corpus, build the vocabulary (`<unk>` = 0) and the epoch sampler.
 
-    `fixed_shapes` pads every batch to `config.max_length` slots and the last one to
-    `batch_size` rows, for backends that compile one step per shape.
+    `fixed_shapes` pads every batch to the widest row the corpus can give (`config.max_length`
+    capped by the longest sentence) and the last one to `batch_size` rows, for backends that
+    compile one step per shape. The resource preflight runs before the epoch's arrays exist
+    (`steps_per_call`: batches a backend stacks into one call, as `preflight` counts them).
     """
     corpus = load_corpus(config.corpus, config.data, log=log)
     vocab = Vocab(corpus.sentences, min_freq=config.min_freq)
-    options = {"fixed_length": config.max_length, "pad_last_batch": True} if fixed_shapes else {}
-    epochs = EpochData.from_config(vocab.encode(corpus.sentences), vocab.counts, config,
+    encoded = vocab.encode(corpus.sentences)
+    longest = int(encoded.lengths.max(initial=0))
+    preflight.check(config, preflight.Shape(
+        vocab_size=len(vocab), tokens=len(encoded.tokens), longest_sentence=longest,
+        centres=preflight.expected_centres(vocab.counts, config.subsample_t,
+                                           len(encoded.tokens))), fixed_shapes=fixed_shapes,
+        steps_per_call=steps_per_call)
+    options = {"fixed_length": preflight.padded_width(config, longest),
+               "pad_last_batch": True} if fixed_shapes else {}
+    epochs = EpochData.from_config(encoded, vocab.counts, config,
                                    np.random.default_rng(config.seed), **options)
     if config.batch_size > epochs.num_examples(0):
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the data "

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from common.errors import UnknownWordError
+from common.errors import DataError, UnknownWordError
 from common.io import atomic_path
 
 
@@ -60,8 +61,55 @@ def export_word2vec(destination: str | Path, tokens: Sequence[str], vectors: np.
     return keyed
 
 
-def load_word2vec(path: str | Path, *, binary: bool = False) -> Any:
-    """Load exported vectors as gensim `KeyedVectors` (for evaluation and the user's own use)."""
+def load_word2vec(path: str | Path, *, binary: bool = False, words: Sequence[str] = (),
+                  dimension: int | None = None, advice: str = "export it again") -> Any:
+    """Load exported vectors as gensim `KeyedVectors`, checked before and after gensim reads.
+
+    The header must promise no more than the file can hold (gensim allocates what it
+    promises), the vectors must be finite, of `dimension` when given, and hold every one of
+    `words` (a run's vocabulary). Every failure is a one-line `DataError` naming the file.
+    """
     from gensim.models import KeyedVectors
 
-    return KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise DataError(f"{path} is missing or not a regular file: {advice}")
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.readline(256).decode("utf-8").split()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path} ({getattr(error, 'strerror', None) or error}): "
+                        f"{advice}") from None
+    if len(header) != 2 or not all(part.isascii() and part.isdigit() for part in header):
+        raise DataError(f"{path} does not start with a word2vec header (`COUNT DIMENSION`): "
+                        f"{advice}")
+    count, size_per_vector = int(header[0]), int(header[1])
+    # Each value takes at least 2 bytes in text ("0 "), 4 in binary: a header promising more
+    # than the file can hold would make gensim allocate it first.
+    smallest = count * size_per_vector * (4 if binary else 2)
+    if count < 1 or size_per_vector < 1 or smallest > size:
+        raise DataError(f"{path} has the header {count} x {size_per_vector}, more than its "
+                        f"{size:,} bytes can hold: it is truncated or damaged; {advice}")
+    if dimension is not None and size_per_vector != dimension:
+        raise DataError(f"{path} holds {size_per_vector}-dimensional vectors, the run's "
+                        f"config.json says {dimension}: {advice}")
+    try:
+        with warnings.catch_warnings():  # a value beyond float32 warns, then fails below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            keyed = KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    except (ValueError, UnicodeDecodeError, EOFError, KeyError, IndexError, OverflowError,
+            MemoryError) as error:
+        reason = " ".join(str(error).split())[:80] or type(error).__name__
+        raise DataError(f"{path} is damaged ({reason}): {advice}") from None
+    if not np.isfinite(keyed.vectors).all():
+        raise DataError(f"{path} holds values that are not finite numbers: {advice}")
+    zero = np.flatnonzero(~keyed.vectors.any(axis=1))
+    if len(zero):  # no direction, no cosine: training never makes one
+        raise DataError(f"{path} holds a zero vector (for {keyed.index_to_key[zero[0]]!r}): "
+                        f"{advice}")
+    missing = [word for word in words if word not in keyed.key_to_index]
+    if missing:
+        raise DataError(f"{path} lacks {len(missing)} word(s) of the run's vocabulary (such as "
+                        f"{missing[0]!r}): {advice}")
+    return keyed

@@ -19,6 +19,14 @@ class ConfigError(W2VError):
     exit_code = 2
 
 
+class ResourceError(ConfigError):
+    """Sizes whose tables, optimiser state or batches cannot fit in the memory available.
+
+    A usage error (exit 2): the flags chose the sizes. A sweep marks such a point failed and
+    trains the others.
+    """
+
+
 class DataError(W2VError):
     """A corpus, archive, vocabulary or run folder that cannot be used."""
 
@@ -37,6 +45,18 @@ class Interrupted(W2VError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside training (reading, exporting, evaluating): stop like Ctrl-C.
+
+    A KeyboardInterrupt, so every cleanup that Ctrl-C runs runs for these too; the CLI
+    prints one line and exits 128 + `signum`.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class DownloadError(DataError):

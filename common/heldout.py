@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common import preflight
 from common.batching import iterate_batches
 from common.config import TrainConfig
 from common.corpus import has_split, load_corpus
@@ -59,11 +60,17 @@ class HeldOut:
                 return None
             raise
         rng = np.random.default_rng([config.seed, _STREAM])
-        data = build_dataset(vocab.encode(corpus.sentences), vocab.counts,
+        encoded = vocab.encode(corpus.sentences)
+        longest = int(encoded.lengths.max(initial=0))
+        preflight.check_arrays("validation examples", preflight.examples_bytes(
+            config, preflight.expected_centres(vocab.counts, config.subsample_t,
+                                               len(encoded.tokens)), longest, len(vocab)))
+        data = build_dataset(encoded, vocab.counts,
                              max_window_size=config.max_window_size,
                              num_noise_words=config.num_noise_words, t=config.subsample_t,
                              rng=rng)
-        options = dict(fixed_length=config.max_length, pad_last_batch=True) if fixed_shapes \
+        options = dict(fixed_length=preflight.padded_width(config, longest),
+                       pad_last_batch=True) if fixed_shapes \
             else {}
         return cls(data, config.batch_size, **options)
 

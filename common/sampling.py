@@ -22,15 +22,15 @@ from common.vocab import EncodedCorpus
 NOISE_POWER = 0.75
 # Only a vocabulary whose every word is some example's context makes redrawing endless.
 _MAX_REDRAW_ROUNDS = 1000
-_ROWS_PER_BLOCK = 4096
-_MEMBER_CELLS = 1 << 23  # at most 8 MB of membership bitmap at a time
+ROWS_PER_BLOCK = 4096  # rows of noise drawn at a time (`preflight` counts their temporaries)
+MEMBER_CELLS = 1 << 23  # at most 8 MB of membership bitmap at a time
 
 
 class Pairs(NamedTuple):
     """Centres with their contexts, one row per centre, contexts left-aligned."""
 
     centers: np.ndarray       # (N,) int32
-    contexts: np.ndarray      # (N, 2 * max_window_size) int32, in sentence order, 0-padded
+    contexts: np.ndarray      # (N, 2 * reach) int32, in sentence order, 0-padded
     num_contexts: np.ndarray  # (N,) int64, >= 1
 
 
@@ -38,7 +38,8 @@ class SkipGramData(NamedTuple):
     """Every training example of an epoch, padded to the widest possible row.
 
     Row i is `contexts_negatives[i, :lengths[i]]`: `num_contexts[i]` context words, then
-    `K * num_contexts[i]` noise words; the rest is 0. Width = 2 * max_window_size * (1 + K).
+    `K * num_contexts[i]` noise words; the rest is 0. Width = 2 * reach * (1 + K), where the
+    reach is the window capped by the longest sentence (`context_reach`).
     """
 
     centers: np.ndarray             # (N,) int32
@@ -72,15 +73,29 @@ def subsample(corpus: EncodedCorpus, counts: np.ndarray, t: float,
     return EncodedCorpus(corpus.tokens[keep], kept_before[corpus.offsets])
 
 
+def context_reach(max_window_size: int, longest_sentence: int) -> int:
+    """How far from its centre a context word can be: the window, or the longest sentence less one.
+
+    A window wider than every sentence gives no more context words; padding to the window
+    would only allocate zeros (6.1 GB of them for a 15,000-token corpus and a huge window).
+    """
+    return max(1, min(max_window_size, longest_sentence - 1))
+
+
 def centers_and_contexts(corpus: EncodedCorpus, max_window_size: int,
-                         rng: np.random.Generator) -> Pairs:
+                         rng: np.random.Generator, *, reach: int | None = None) -> Pairs:
     """Every position of every sentence of length >= 2, with a random symmetric window.
 
     The window of centre i is [i - w, i + w] clipped to its sentence, minus i, where w is
     uniform on 1..max_window_size, drawn once per centre (the chapter's `random.randint`).
+    Rows are `2 * reach` wide: `reach` (default: this corpus' `context_reach`) caps the padding
+    at what the longest sentence can give, and never changes the draw. Callers that build an
+    epoch in pieces pass the whole corpus' reach, so every piece has the same width.
     Shapes: corpus.tokens (T,) -> Pairs with N = tokens in sentences of length >= 2.
     """
     lengths = corpus.lengths
+    if reach is None:
+        reach = context_reach(max_window_size, int(lengths.max(initial=0)))
     in_long_sentence = np.repeat(lengths >= 2, lengths)
     positions = np.flatnonzero(in_long_sentence)
     # Room left and right of each centre inside its sentence.
@@ -91,13 +106,13 @@ def centers_and_contexts(corpus: EncodedCorpus, max_window_size: int,
     left = np.minimum(window, room_left)
     right = np.minimum(window, room_right)
     # Candidate offsets -M..-1, 1..M in sentence order, so contexts come out left to right.
-    offsets = np.concatenate([np.arange(-max_window_size, 0), np.arange(1, max_window_size + 1)])
+    offsets = np.concatenate([np.arange(-reach, 0), np.arange(1, reach + 1)])
     is_context = np.where(offsets < 0, -offsets <= left[:, None], offsets <= right[:, None])
     num_contexts = left + right
     context_positions = (positions[:, None] + offsets)[is_context]
-    contexts = np.zeros((len(positions), 2 * max_window_size), dtype=np.int32)
+    contexts = np.zeros((len(positions), 2 * reach), dtype=np.int32)
     # Row-major boolean assignment keeps each row's order and left-aligns it.
-    contexts[np.arange(2 * max_window_size) < num_contexts[:, None]] = \
+    contexts[np.arange(2 * reach) < num_contexts[:, None]] = \
         corpus.tokens[context_positions]
     return Pairs(corpus.tokens[positions], contexts, num_contexts.astype(np.int64, copy=False))
 
@@ -168,11 +183,11 @@ def draw_negatives(pairs: Pairs, sampler: NoiseSampler, num_noise_words: int,
     # The collision bitmap, all zeros between uses: allocated once, not once per block (its
     # pages would fault in again every time).
     vocab = len(sampler.probabilities) + 1
-    group_rows = min(max(1, _MEMBER_CELLS // vocab), _ROWS_PER_BLOCK, max(num_rows, 1))
+    group_rows = min(max(1, MEMBER_CELLS // vocab), ROWS_PER_BLOCK, max(num_rows, 1))
     member = np.zeros((group_rows, vocab), dtype=bool)
     # Blocks of rows keep every temporary in cache: on PTB this halves the time.
-    for start in range(0, num_rows, _ROWS_PER_BLOCK):
-        block = slice(start, start + _ROWS_PER_BLOCK)
+    for start in range(0, num_rows, ROWS_PER_BLOCK):
+        block = slice(start, start + ROWS_PER_BLOCK)
         _fill_noise(contexts_negatives[block], pairs.contexts[block],
                     pairs.num_contexts[block], lengths[block], sampler, rng, member)
     return SkipGramData(pairs.centers, contexts_negatives, pairs.num_contexts, lengths)

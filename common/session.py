@@ -21,7 +21,7 @@ import numpy as np
 
 from common import runs
 from common.config import TrainConfig
-from common.errors import ConfigError, DataError, Interrupted
+from common.errors import ConfigError, DataError, Interrupted, Stopped
 from common.training import EpochReport, TrainResult, train
 
 # A fault-injection hook for the tests (and for trying the feature by hand): after this many
@@ -29,6 +29,8 @@ from common.training import EpochReport, TrainResult, train
 # exactly as a Ctrl-C at that moment would.
 INTERRUPT_AFTER_ENV = "W2V_INTERRUPT_AFTER_BATCHES"
 INTERRUPT_SIGNAL_ENV = "W2V_INTERRUPT_SIGNAL"
+# What stops a run politely: Ctrl-C, a batch scheduler, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -89,7 +91,8 @@ class _StopRequest:
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[_StopRequest]:
-    """SIGINT/SIGTERM ask training to stop at the next batch boundary; a second one aborts."""
+    """SIGINT, SIGTERM or SIGHUP ask training to stop at the next batch boundary; a second
+    one aborts."""
     request = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request  # signal handlers can only be set from the main thread
@@ -97,11 +100,11 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 
     def handler(signum: int, frame: Any) -> None:
         if request.signum is not None:  # asked twice: stop waiting for the batch boundary
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
         request.signum = signum
 
-    previous = {signum: signal.signal(signum, handler)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}  # nohup's SIGHUP stays off
     try:
         yield request
     finally:
@@ -119,6 +122,7 @@ class _Session:
         self.config, self.run, self.log, self.progress = config, run, log, progress
         self.backend_class = backend_class
         self.data = prepare_training_data(config, fixed_shapes=self.backend_class.fixed_shapes,
+                                          steps_per_call=self.backend_class.steps_per_call,
                                           log=log)
         self.vocab = self.data.vocab
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
@@ -137,6 +141,7 @@ class _Session:
                                      fixed_shapes=self.backend_class.fixed_shapes,
                                      corpus_name=self.data.corpus_name, log=log)
         self.valid_losses: list[float] = []
+        self.replaces_folder = False  # True for a new run until its first checkpoint
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, result: TrainResult) -> None:
@@ -158,9 +163,19 @@ class _Session:
         return TrainResult.from_state_dict(checkpoint.training)
 
     def save_progress(self, result: TrainResult) -> None:
-        """Checkpoint, metrics and plot: the run folder as of now."""
+        """Checkpoint, metrics and plot: the run folder as of now.
+
+        A new run's first call also replaces what the folder held before: the old results go
+        (they must not pass for the new run's), then the new config and vocabulary come, and
+        the checkpoint. Until this moment an overwritten run is untouched.
+        """
         from common.plotting import plot_loss
 
+        if self.replaces_folder:
+            runs.remove_results(self.run)
+            runs.save_config(self.run, self.config)
+            self.vocab.save(self.run / runs.VOCAB)
+            self.replaces_folder = False
         self.save_checkpoint(result)
         epochs = [dict(epoch=e.epoch, loss=e.mean_loss, centre_words=e.centre_words,
                        seconds=e.seconds, kind="epoch") for e in result.epochs]
@@ -243,25 +258,34 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
               log: Callable[[str], None] = print, progress: bool | None = None,
               queries: Sequence[str] = (), evaluate_at_end: bool = True,
               on_epoch_end: Callable[[EpochContext], None] | None = None) -> TrainOutcome:
-    """Train `config` from scratch into the run folder `out`."""
+    """Train `config` from scratch into the run folder `out`.
+
+    With `overwrite`, an existing run in `out` stays as it was, every file readable, until the
+    new run's first checkpoint: the corpus, vocabulary, sizes, memory, device and backend are
+    all checked before, and a new run that fails before then (bad input, divergence in its
+    first epoch, an interrupt while reading) leaves the old one byte for byte.
+    """
     import backends
 
     config.validate()
     config.backend = backends.canonical(config.backend)
     backend_class = resolve_backend(config.backend, config.device)  # before the folder
-    run = runs.prepare_output(out, overwrite=overwrite)
-    with runs.locked(run):
-        for name in runs.RESULTS:  # an overwritten run's old results must not pass for new
-            with contextlib.suppress(FileNotFoundError):
-                (run / name).unlink()
-        session = _Session(config, run, backend_class, log=log, progress=progress)
-        session.backend.init_params(config.seed)
-        runs.save_config(run, config)
-        session.vocab.save(run / runs.VOCAB)
-        log(f"training with {session.backend_class.name} {session.backend_class.version()} on "
-            f"{session.backend.device}, writing {run}")
-        result = session.fit(None, on_epoch_end)
-        return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
+    run, created = runs.prepare_output(out, overwrite=overwrite)
+    try:
+        with runs.locked(run):
+            runs.remove_temporaries(run)
+            session = _Session(config, run, backend_class, log=log, progress=progress)
+            session.backend.init_params(config.seed)
+            session.replaces_folder = True  # config and vocab are written with the checkpoint
+            log(f"training with {session.backend_class.name} {session.backend_class.version()} "
+                f"on {session.backend.device}, writing {run}")
+            result = session.fit(None, on_epoch_end)
+            return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
+    except BaseException:
+        if created:  # a folder this call made and never wrote to goes again
+            with contextlib.suppress(OSError):
+                run.rmdir()
+        raise
 
 
 def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str | None = None,
@@ -277,10 +301,9 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
 
     from common.vocab import Vocab
 
-    run = Path(run_arg)
-    if not run.is_dir():
-        raise ConfigError(f"--resume {run} does not exist: give a folder made by `w2v train`")
+    run = runs.existing_folder(run_arg, "--resume")
     with runs.locked(run):
+        runs.remove_temporaries(run)
         if not (run / runs.CONFIG).is_file() or not (run / runs.VOCAB).is_file():
             raise ConfigError(f"--resume {run} is not a run folder (no {runs.CONFIG} or "
                               f"{runs.VOCAB}): give a folder made by `w2v train --out`")
@@ -306,10 +329,22 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         if session.vocab.digest() != saved_vocab.digest():
             raise DataError(f"the corpus gives another vocabulary than {run / runs.VOCAB} "
                             f"(changed since the run began?): resume with the same --data")
+        if done["epoch"] < config.epochs:
+            batches = session.data.num_batches(done["epoch"])
+            if done["batch"] >= batches:
+                raise DataError(f"{run / runs.CHECKPOINT} says it stopped after batch "
+                                f"{done['batch']} of epoch {done['epoch'] + 1}, which has "
+                                f"{batches} batches: it belongs to another run or was damaged; "
+                                f"train again")
+        elif done["batch"]:
+            raise DataError(f"{run / runs.CHECKPOINT} says it stopped inside epoch "
+                            f"{done['epoch'] + 1} of {config.epochs}: train again")
         result = session.restore(checkpoint)
         runs.save_config(run, config)
-        log(f"resuming {run} in epoch {done['epoch'] + 1} of {config.epochs}, after batch "
-            f"{done['batch']}, with {session.backend_class.name} "
+        where = (f"in epoch {done['epoch'] + 1} of {config.epochs}, after batch {done['batch']}"
+                 if done["epoch"] < config.epochs else
+                 f"after all {config.epochs} epochs, to export its vectors")
+        log(f"resuming {run} {where}, with {session.backend_class.name} "
             f"{session.backend_class.version()} on {session.backend.device}")
         result = session.fit(result, on_epoch_end)
         return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)

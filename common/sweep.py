@@ -179,6 +179,37 @@ class _FileLog:
             self.handle.close()
 
 
+def _finished_rows(out: Path, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rows of `sweep.jsonl` that belong to this grid, checked.
+
+    A last line cut by a kill is dropped, so its point trains again; any other damage is a
+    one-line error. Undefined figures are stored as null and come back as NaN.
+    """
+    from common.errors import DataError
+    from common.runs import read_jsonl
+
+    path = out / ROWS
+    advice = f"delete it (its points train again) or pass --overwrite"
+    finished: dict[str, dict[str, Any]] = {}
+    for number, row in enumerate(read_jsonl(path, advice=advice, limit=256 << 20), start=1):
+        if not isinstance(row.get("point"), str) or not isinstance(row.get("config"), dict) \
+                or not isinstance(row.get("chapter"), bool):
+            raise DataError(f"{path}:{number}: a row without its point, config and chapter "
+                            f"mark: {advice}")
+        for key in METRICS + ("train_loss",):
+            value = row.get(key)
+            if value is None:
+                row[key] = float("nan")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"{path}:{number}: {key} is {value!r}, not a number: {advice}")
+        if not isinstance(row.get("valid_losses", []), list) or \
+                not isinstance(row.get("error", ""), str):
+            raise DataError(f"{path}:{number}: malformed valid_losses or error: {advice}")
+        if configs.get(row["point"]) == row["config"]:
+            finished[row["point"]] = row
+    return finished
+
+
 def _start(out: Path, points: Sequence[tuple[str, TrainConfig]],
            overwrite: bool) -> dict[str, dict[str, Any]]:
     """Prepare `out`; return the rows of points a previous run of this sweep finished."""
@@ -188,24 +219,32 @@ def _start(out: Path, points: Sequence[tuple[str, TrainConfig]],
     if (out / GRID).is_file() and not overwrite:
         try:
             stored = json.loads((out / GRID).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             stored = None
         if stored != grid:
             raise ConfigError(f"--out {out} holds another sweep: pass --overwrite to replace "
                               f"it, or choose another folder")
         configs = {entry["point"]: entry["config"] for entry in grid}
-        finished: dict[str, dict[str, Any]] = {}
-        if (out / ROWS).is_file():
-            for line in (out / ROWS).read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                if configs.get(row["point"]) == row["config"]:
-                    finished[row["point"]] = row
-        return finished
+        return _finished_rows(out, configs) if (out / ROWS).is_file() else {}
     prepare_output(out, overwrite=overwrite)
-    for name in (ROWS, TABLE, PLOT):  # an overwritten sweep's rows must not pass for new ones
-        (out / name).unlink(missing_ok=True)
-    write_json(out / GRID, grid)
+    if not overwrite:
+        write_json(out / GRID, grid)
     return {}
+
+
+def _replace_sweep(out: Path, points: Sequence[tuple[str, TrainConfig]]) -> None:
+    """An overwritten sweep's files give way to the new one's, once it has its first row.
+
+    Until then (a missing corpus, a point that cannot start) the old sweep stays whole.
+    """
+    from common.errors import DataError
+
+    write_json(out / GRID, [{"point": name, "config": config.to_dict()}
+                            for name, config in points])
+    try:
+        (out / PLOT).unlink(missing_ok=True)  # the old points' bars; the table comes next
+    except OSError as error:
+        raise DataError(f"cannot replace {out / PLOT}: {error.strerror or error}") from None
 
 
 def run_sweep(points: Sequence[tuple[str, TrainConfig]], out: str | Path, *,
@@ -216,15 +255,27 @@ def run_sweep(points: Sequence[tuple[str, TrainConfig]], out: str | Path, *,
     Returns the rows sorted best first by `sort`. Points a previous, interrupted run of the
     same sweep finished are not trained again (unless `overwrite`).
     """
-    from common.errors import Interrupted
-    from common.plotting import plot_sweep
-    from common.session import resolve_backend, train_run
+    from common.runs import locked, prepare_output, remove_temporaries
+    from common.session import resolve_backend
 
     if sort not in SORT_KEYS:
         raise ConfigError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     out = Path(out)
     first = points[0][1]
     resolve_backend(first.backend, first.device)  # an unusable backend fails before any folder
+    prepare_output(out, overwrite=True)  # only creates it; `_start` decides about its files
+    with locked(out):  # one sweep writes a folder at a time
+        remove_temporaries(out, (GRID, ROWS, TABLE, PLOT))
+        return _run_points(points, out, overwrite=overwrite, sort=sort, log=log)
+
+
+def _run_points(points: Sequence[tuple[str, TrainConfig]], out: Path, *, overwrite: bool,
+                sort: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    from common.errors import Interrupted
+    from common.plotting import plot_sweep
+    from common.session import train_run
+
+    first = points[0][1]
     finished = _start(out, points, overwrite)
     swept = _swept(points)
     rows: list[dict[str, Any]] = []
@@ -254,6 +305,8 @@ def run_sweep(points: Sequence[tuple[str, TrainConfig]], out: str | Path, *,
         finally:
             file_log.close()
         rows.append(row)
+        if overwrite and len(rows) == 1:
+            _replace_sweep(out, points)
         write_table(out, rows, swept)
         log(f"[{number}/{len(points)}] {name}: " + (
             f"failed: {row['error']}" if row.get("error") else

@@ -113,6 +113,57 @@ class TrainResult:
         }
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_state(state: Any) -> str | None:
+    """What is wrong with a `TrainResult.state_dict()` read back from a file, or None.
+
+    Types and ranges only; whether the position lies inside its epoch depends on the data
+    and is checked where the data is known (`session.resume_run`).
+    """
+    if not isinstance(state, dict):
+        return "its training state is not an object"
+    if not isinstance(state.get("device"), str):
+        return "its training device is not a string"
+    epochs, curve = state.get("epochs"), state.get("curve")
+    if not isinstance(epochs, list) or not isinstance(curve, list):
+        return "its epochs or loss curve is not a list"
+    for number, report in enumerate(epochs, start=1):
+        if not isinstance(report, dict) or set(report) != {"epoch", "mean_loss", "centre_words",
+                                                           "seconds"} \
+                or report["epoch"] != number or not _is_count(report["centre_words"]) \
+                or not _is_number(report["mean_loss"]) or not _is_number(report["seconds"]):
+            return f"its report of epoch {number} is malformed"
+    if not all(isinstance(point, dict) and all(isinstance(key, str) and _is_number(value)
+                                               for key, value in point.items())
+               for point in curve):
+        return "its loss curve holds something other than numbers"
+    if not _is_number(state.get("all_epochs_loss_sum")) or \
+            not _is_count(state.get("all_epochs_examples")):
+        return "its loss sums are not numbers"
+    valid_losses = state.get("valid_losses", [])
+    if not isinstance(valid_losses, list) or not all(map(_is_number, valid_losses)):
+        return "its validation losses are not a list of numbers"
+    position = state.get("position")
+    fields = {"epoch": _is_count, "batch": _is_count, "epoch_loss_sum": _is_number,
+              "epoch_examples": _is_count, "epoch_seconds": _is_number,
+              "pending_losses": lambda value: isinstance(value, list)
+              and all(map(_is_number, value)), "pending_examples": _is_count}
+    if not isinstance(position, dict) or set(position) != set(fields) or \
+            not all(check(position[name]) for name, check in fields.items()):
+        return "its position is malformed"
+    if position["epoch"] != len(epochs):
+        return (f"its position is in epoch {position['epoch'] + 1} but {len(epochs)} epochs "
+                f"are reported")
+    return None
+
+
 def real_examples(batch: Batch) -> int:
     """Rows that hold an example: every real row has a context word in slot 0."""
     return int(np.count_nonzero(batch.masks[:, 0]))

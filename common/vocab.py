@@ -12,6 +12,7 @@ import collections
 import hashlib
 import itertools
 import os
+import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence, overload
 
@@ -21,6 +22,7 @@ from common.errors import DataError
 from common.io import write_text
 
 UNK = "<unk>"
+_COUNT = re.compile(r"[0-9]{1,19}")
 
 
 class EncodedCorpus(NamedTuple):
@@ -137,21 +139,34 @@ class Vocab:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
         """Read what `save` wrote; a malformed file raises `DataError` naming the line."""
+        advice = "train the run again (or restore the file)"
+        path = Path(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            if not path.is_file():
+                what = "does not exist" if not path.exists() else "is not a regular file"
+                raise DataError(f"cannot read vocabulary {path}: it {what}; {advice}")
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise DataError(f"cannot read vocabulary {path}: {error}") from None
+            raise DataError(f"cannot read vocabulary {path} ({error}): {advice}") from None
         tokens, counts = [], []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n")[:-1] if text.endswith("\n")
+                                      else text.split("\n"), start=1):
             token, separator, count = line.rpartition("\t")
-            if not separator or not token or not count.isdigit():
-                raise DataError(f"{path}:{number}: expected token<TAB>count, got {line!r}")
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+            if not separator or token.split() != [token] or not _COUNT.fullmatch(count) \
+                    or int(count) >= 1 << 62:
+                shown = line if len(line) <= 60 else line[:57] + "..."
+                raise DataError(f"{path}:{number}: expected token<TAB>count (a word without "
+                                f"spaces, an integer count), got {shown!r}: {advice}")
             tokens.append(token)
             counts.append(int(count))
         try:
-            return cls.from_counts(tokens, counts)
+            vocab = cls.from_counts(tokens, counts)
         except DataError as error:
-            raise DataError(f"{path}: {error}") from None
+            raise DataError(f"{path}: {error}: {advice}") from None
+        if len(vocab) < 2:
+            raise DataError(f"vocabulary {path} holds no word besides {UNK}: {advice}")
+        return vocab
 
     def __repr__(self) -> str:
         return f"Vocab({len(self)} tokens, {int(self.counts.sum())} occurrences)"

@@ -251,7 +251,7 @@ def _missing(run: Path) -> None:
     (_newer_format, "newer than this version of w2v-multi reads"),
     (_older_format, "has the old format 1"),
     (_other_vocabulary, "trained on another vocabulary"),
-    (_other_embedding_size, "8 dimensions, this run needs"),
+    (_other_embedding_size, "16 words x 8 dimensions, but"),
     (_missing, "no checkpoint yet|not a run folder"),
 ])
 @pytest.mark.parametrize("command", ["resume", "similar"])

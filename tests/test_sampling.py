@@ -177,7 +177,7 @@ def test_noise_collisions_are_found_whatever_the_bitmap_grouping(monkeypatch):
     pairs = Pairs(np.ones(rows, dtype=np.int32), contexts, num_contexts.astype(np.int64))
 
     def draw(cells: int) -> np.ndarray:
-        monkeypatch.setattr(sampling, "_MEMBER_CELLS", cells)
+        monkeypatch.setattr(sampling, "MEMBER_CELLS", cells)
         return draw_negatives(pairs, NoiseSampler(counts), 3,
                               np.random.default_rng(12)).contexts_negatives
 
