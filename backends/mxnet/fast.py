@@ -51,7 +51,7 @@ class TorchAdam(mx.optimizer.Optimizer):
     what is two kernel calls.
 
     On CPU the update runs `kernels.adam_update(kernel)`'s operator, `adam_kernel.cc`: the same
-    arithmetic as `adam_update`, vectorized (9x faster on a PTB table in cache). It reads its
+    arithmetic as `adam_update`, vectorized (MXNet's runs one float at a time). It reads its
     scalars exactly where MXNet's parser can be an ulp off, so weights whose sqrt(v) is
     eps-sized can differ in the last bit. `kernel` is auto, native or builtin (`kernels.ENV`;
     None: from the environment).
@@ -157,8 +157,8 @@ class PairObjective(gluon.HybridBlock):
         loss = sum_p w_p softplus(s_p x_p)      (the chapter's l.sum(), padding excluded)
         g_p  = d loss / d x_p = w_p s_p sigmoid(s_p x_p)
     The dot products are one elementwise product and a FullyConnected against a row of ones:
-    on PTB's 13,400 x 100 products that row sum (oneDNN's inner product) takes 0.1-0.3 ms
-    where `sum(axis=1)` takes 7 ms, and `batch_dot` over pairs would be 13,400 tiny GEMMs.
+    that row sum is oneDNN's vectorized inner product, where MXNet's `sum(axis=1)` is a
+    scalar loop, and `batch_dot` over pairs would be one tiny GEMM per pair.
     """
 
     def __init__(self, vocab_size: int, embed_size: int) -> None:
