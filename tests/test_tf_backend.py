@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require_backend, tiny_corpus
+from step_checks import (STEPS, check_linear_schedule_across_a_reload,
+                         check_loss_and_gradients, check_three_steps_and_state_round_trip)
 from test_parity import EMBED, VOCAB, assert_params_close, make_batch
 
 import backends
@@ -37,75 +39,20 @@ def backend(**options: object):
     return backends.load("tf")(VOCAB, EMBED, seed=3, **options)
 
 
-STEPS = ["chapter", "fast"]
-
-
 # -- both steps against the NumPy reference ----------------------------------------------------
 @pytest.mark.parametrize("step", STEPS)
 def test_loss_and_gradients_match_numpy(step):
-    model, reference = backend(step=step), backends.load("numpy")(VOCAB, EMBED, seed=3)
-    batch = make_batch(np.random.default_rng(2), all_padding_row=True)
-    loss, grads = model.loss_and_grads(batch)
-    expected_loss, expected_grads = reference.loss_and_grads(batch)
-    assert loss == pytest.approx(expected_loss, rel=1e-5)
-    assert_params_close(grads, expected_grads, rtol=1e-5, atol=1e-6)
-    assert model.optimizer_state().step == 0  # no state changed
+    check_loss_and_gradients("tf", step)
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_three_adam_steps_and_a_state_round_trip_match_numpy(step):
-    model, reference = backend(step=step), backends.load("numpy")(VOCAB, EMBED, seed=3)
-    rng = np.random.default_rng(4)
-    batches = [make_batch(rng), make_batch(rng, batch_size=7), make_batch(rng)]
-    losses = [model.train_step(batch) for batch in batches]
-    expected = [reference.train_step(batch) for batch in batches]
-    np.testing.assert_allclose(model.losses_to_numpy(losses),
-                               reference.losses_to_numpy(expected), rtol=1e-5)
-    assert_params_close(model.get_params(), reference.get_params(), rtol=1e-5, atol=1e-6)
-    state, expected_state = model.optimizer_state(), reference.optimizer_state()
-    assert state.step == expected_state.step == 3
-    assert_params_close(state.exp_avg, expected_state.exp_avg, rtol=1e-5, atol=1e-7)
-    assert_params_close(state.exp_avg_sq, expected_state.exp_avg_sq, rtol=1e-5, atol=1e-9)
-
-    # Into a fresh model (another seed, a step taken, so the load must overwrite), then on.
-    resumed = backends.load("tf")(VOCAB, EMBED, seed=9, step=step)
-    resumed.train_step(batches[0])
-    resumed.set_params(model.get_params())
-    assert resumed.optimizer_state().step == 0
-    resumed.load_optimizer_state(state)
-    loaded = resumed.optimizer_state()
-    assert loaded.step == 3 and resumed.adam_steps == 3
-    assert_params_close(loaded.exp_avg, state.exp_avg, rtol=0, atol=0)
-    assert_params_close(loaded.exp_avg_sq, state.exp_avg_sq, rtol=0, atol=0)
-    last = make_batch(rng)
-    loss = resumed.to_numpy(resumed.train_step(last))
-    assert float(loss) == pytest.approx(float(reference.train_step(last)), rel=1e-5)
-    assert_params_close(resumed.get_params(), reference.get_params(), rtol=1e-5, atol=1e-6)
-    assert resumed.optimizer_state().step == 4
+    check_three_steps_and_state_round_trip("tf", step)
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_linear_schedule_across_a_reload_matches_numpy(step):
-    model, reference = backend(step=step), backends.load("numpy")(VOCAB, EMBED, seed=3)
-    constant = backends.load("numpy")(VOCAB, EMBED, seed=3)
-    rng = np.random.default_rng(7)
-    batches = [make_batch(rng) for _ in range(5)]
-    for trainer in (model, reference):
-        trainer.set_lr_schedule("linear", 5)
-    model.train_steps(batches[:2])
-    resumed = backends.load("tf")(VOCAB, EMBED, seed=0, step=step)
-    resumed.set_lr_schedule("linear", 5)
-    resumed.set_params(model.get_params())
-    resumed.load_optimizer_state(model.optimizer_state())
-    resumed.train_steps(batches[2:])
-    for batch in batches:
-        reference.train_step(batch)
-        constant.train_step(batch)
-    assert resumed.adam_steps == reference.adam_steps == 5
-    assert_params_close(resumed.get_params(), reference.get_params(), rtol=1e-5, atol=1e-6)
-    # The schedule changed the result: rates 1, 4/5, ..., 1/5 of lr, not lr throughout.
-    assert not np.allclose(reference.get_params().center, constant.get_params().center,
-                           rtol=1e-3, atol=0)
+    check_linear_schedule_across_a_reload("tf", step)
 
 
 # -- the chapter step is Keras' -----------------------------------------------------------------
