@@ -84,3 +84,26 @@ def check_linear_schedule_across_a_reload(name: str, step: str) -> None:
     # The schedule changed the result: rates 1, 4/5, ..., 1/5 of lr, not lr throughout.
     assert not np.allclose(reference.get_params().center, constant.get_params().center,
                            rtol=1e-3, atol=0)
+
+
+def check_state_moves_between_steps(name: str) -> None:
+    """A run may resume with the other step: both keep the same parameters and Adam state.
+
+    Two steps with one, the state handed over, a third with the other: the reference's three.
+    """
+    rng = np.random.default_rng(5)
+    batches = [make_batch(rng) for _ in range(3)]
+    reference = backends.load("numpy")(VOCAB, EMBED, seed=3)
+    for batch in batches:
+        reference.train_step(batch)
+    for first, second in (STEPS, STEPS[::-1]):
+        before = backends.load(name)(VOCAB, EMBED, seed=3, step=first)
+        before.train_steps(batches[:2])
+        after = backends.load(name)(VOCAB, EMBED, seed=0, step=second)
+        after.set_params(before.get_params())
+        after.load_optimizer_state(before.optimizer_state())
+        after.train_step(batches[2])
+        assert_params_close(after.get_params(), reference.get_params(), rtol=1e-5, atol=1e-6)
+        state, expected = after.optimizer_state(), reference.optimizer_state()
+        assert state.step == expected.step == 3
+        assert_params_close(state.exp_avg, expected.exp_avg, rtol=1e-5, atol=1e-7)

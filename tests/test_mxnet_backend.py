@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from conftest import require_backend, tiny_corpus
 from step_checks import (STEPS, check_linear_schedule_across_a_reload,
-                         check_loss_and_gradients, check_three_steps_and_state_round_trip)
+                         check_loss_and_gradients, check_state_moves_between_steps,
+                         check_three_steps_and_state_round_trip)
 from test_parity import EMBED, VOCAB, assert_params_close, make_batch
 
 import backends
@@ -58,6 +59,10 @@ def test_three_adam_steps_and_a_state_round_trip_match_numpy(step):
 @pytest.mark.parametrize("step", STEPS)
 def test_linear_schedule_across_a_reload_matches_numpy(step):
     check_linear_schedule_across_a_reload("mxnet", step)
+
+
+def test_a_run_may_resume_with_the_other_step():
+    check_state_moves_between_steps("mxnet")
 
 
 # -- the chapter step is Gluon's -------------------------------------------------------------------
