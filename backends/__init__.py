@@ -22,7 +22,8 @@ _REGISTRY: dict[str, tuple[tuple[str, ...], str, str]] = {
     # jaxlib is a separate distribution that `import jax` loads: it belongs to this backend.
     "jax": (("jax", "jaxlib", "flax", "optax"), "pip install -e '.[jax]'  (or: make test)",
             "main"),
-    "tf": (("tensorflow",), "pip install -e '.[tf]'  (or: make test)", "main"),
+    # The chapter step's layers and Adam are Keras 3's, which TensorFlow installs.
+    "tf": (("tensorflow", "keras"), "pip install -e '.[tf]'  (or: make test)", "main"),
     "mxnet": (("mxnet",), "make test builds .venv-mxnet (mxnet 1.9.1 needs numpy<1.24): "
               "pip install -e '.[mxnet]' there", "mxnet"),
 }

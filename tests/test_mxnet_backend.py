@@ -1,9 +1,12 @@
-"""What only the MXNet backend has: the pair plan and its hybridized objective, a written-out
-gradient equal to autograd's, torch's Adam on MXNet's kernel and on the native one (built on
-first use, with its fallback), dense updates of untouched rows, a quiet start-up, its engine
-setting, and the `--device` -> mx.Context mapping.
+"""What only the MXNet backend has: the chapter step on Gluon (autograd, one hybridized graph,
+`gluon.Trainer`'s Adam with torch's eps placement), the fast step's pair plan and hybridized
+objective, its written-out gradient equal to autograd's, torch's Adam on MXNet's kernel and on
+the native one (built on first use, with its fallback), dense updates of untouched rows, every
+array of a step on the tables' context, a quiet start-up, its engine setting, and the
+`--device` -> mx.Context mapping.
 
-The parity tests (test_parity.py) already hold it to the NumPy reference through the interface.
+Both steps are held to the NumPy reference here (loss and gradients, three Adam steps, the
+optimiser-state round trip, the linear schedule across a reload).
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require_backend, tiny_corpus
-from test_parity import EMBED, VOCAB, make_batch
+from step_checks import (STEPS, check_linear_schedule_across_a_reload,
+                         check_loss_and_gradients, check_state_moves_between_steps,
+                         check_three_steps_and_state_round_trip)
+from test_parity import EMBED, VOCAB, assert_params_close, make_batch
 
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS
@@ -39,19 +45,162 @@ def backend(**options: object):
     return backends.load("mxnet")(VOCAB, EMBED, seed=3, **options)
 
 
-def test_step_runs_the_pair_objective_as_one_hybridized_graph(tmp_path):
-    trainer = backend()
-    trainer.train_step(make_batch(np.random.default_rng(0)))
+# -- both steps against the NumPy reference ----------------------------------------------------
+@pytest.mark.parametrize("step", STEPS)
+def test_loss_and_gradients_match_numpy(step):
+    check_loss_and_gradients("mxnet", step)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_three_adam_steps_and_a_state_round_trip_match_numpy(step):
+    check_three_steps_and_state_round_trip("mxnet", step)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_linear_schedule_across_a_reload_matches_numpy(step):
+    check_linear_schedule_across_a_reload("mxnet", step)
+
+
+def test_a_run_may_resume_with_the_other_step():
+    check_state_moves_between_steps("mxnet")
+
+
+# -- the chapter step is Gluon's -------------------------------------------------------------------
+def test_chapter_step_is_autograd_through_one_graph_and_gluons_trainer(tmp_path):
+    model = backend(step="chapter")
+    chapter = model.trainer
+    assert isinstance(chapter.trainer, mx.gluon.Trainer)
+    assert type(chapter.trainer.optimizer) is mx.optimizer.Adam
+    assert isinstance(model.net.center, mx.gluon.nn.Embedding)
+    assert isinstance(chapter.objective.loss, mx.gluon.loss.SigmoidBCELoss)
+    model.train_steps([make_batch(np.random.default_rng(0)) for _ in range(2)])
+    # `trainer.step(1)`: gradients taken as they are (the sum objective's), not divided by B.
+    assert chapter.trainer.optimizer.rescale_grad == 1.0
+    assert chapter.trainer.optimizer.num_update == model.adam_steps == 2
     # `export` exists only for a block that was hybridized and has run: it writes the
     # cached graph, whose nodes are the forward's operators.
-    trainer.pairs.export(str(tmp_path / "step"))
+    chapter.objective.export(str(tmp_path / "chapter"))
+    graph = (tmp_path / "chapter-symbol.json").read_text()
+    for operator in ("Embedding", "batch_dot"):
+        assert f'"op": "{operator}"' in graph, operator
+
+
+def _gluon_adam_steps(epsilon_of_step, gradient: np.ndarray, steps: int) -> np.ndarray:
+    """A zero (V, E) table after `steps` Gluon Trainer Adam steps with the same gradient."""
+    from backends.mxnet import model as mx_model
+
+    net = mx_model.SkipGramModel(*gradient.shape)
+    net.initialize(ctx=mx.cpu())
+    for parameter in (net.center.weight, net.context.weight):
+        parameter.set_data(mx.np.zeros(gradient.shape))
+    trainer = mx_model.trainer(net, 0.002)
+    for step in range(1, steps + 1):
+        with mx.autograd.record():  # d/dw sum(w * gradient) = gradient, for both tables
+            total = sum((parameter.data() * mx.np.array(gradient)).sum()
+                        for parameter in (net.center.weight, net.context.weight))
+        total.backward()
+        trainer.optimizer.epsilon = epsilon_of_step(step)
+        trainer.step(1)
+    return net.center.weight.data().asnumpy()
+
+
+def test_mxnet_adam_with_torch_epsilon_is_torchs_adam_and_without_it_is_not():
+    """MXNet's Adam adds eps to the uncorrected sqrt(v) (mx.optimizer.Adam.update folds the
+    bias corrections into the rate). Gradients near eps tell the placements apart: torch moves
+    a weight 0.91 lr per step here, MXNet's Adam with its constant eps 1e-8 about 0.3 lr.
+    With `model.torch_epsilon` set per step, as the chapter step does, it is torch's."""
+    from backends.mxnet import model as mx_model
+
+    gradient = np.full((3, 2), 1e-7, np.float32)
+    expected, exp_avg, exp_avg_sq = np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2))
+    for step in range(1, 4):
+        expected, exp_avg, exp_avg_sq = torch_adam_reference(expected, gradient, exp_avg,
+                                                             exp_avg_sq, step, 0.002)
+    torch_like = _gluon_adam_steps(mx_model.torch_epsilon, gradient, 3)
+    constant = _gluon_adam_steps(lambda step: ADAM_EPS, gradient, 3)
+    # MXNet's kernel takes beta2 as a float32: 1 - 0.999f shows at 1e-5 relative here.
+    np.testing.assert_allclose(torch_like, expected, rtol=1e-4)
+    assert np.all(np.abs(constant) < 0.4 * np.abs(expected))
+
+
+def test_a_constant_eps_misses_the_oracle_where_the_per_step_eps_meets_it():
+    """Three chapter steps on the parity batches: with MXNet's own placement (eps 1e-8
+    constant) the parameters leave float32 tolerance of the oracle (by ~1e-5, in rows whose
+    gradients are small); with `torch_epsilon` per step (the chapter step) they stay in it."""
+    from backends.mxnet.model import torch_epsilon
+
+    results = {}
+    for name in ("constant", "per step"):
+        model, reference = backend(step="chapter"), backends.load("numpy")(VOCAB, EMBED, seed=3)
+        chapter = model.trainer
+        rng = np.random.default_rng(4)
+        for step in range(1, 4):
+            batch = make_batch(rng)
+            reference.train_step(batch)
+            with mx.autograd.record():
+                losses = chapter.objective(*chapter.batch_arrays(batch))
+            losses.backward()
+            chapter.trainer.optimizer.epsilon = (ADAM_EPS if name == "constant"
+                                                 else torch_epsilon(step))
+            chapter.trainer.step(1)
+        results[name] = (model.get_params(), reference.get_params())
+    got, want = results["per step"]
+    assert_params_close(got, want, rtol=1e-5, atol=1e-6)
+    got, want = results["constant"]
+    assert not all(np.allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+                   for mine, theirs in zip(got, want))
+    assert_params_close(got, want, rtol=0, atol=1e-4)  # the same training, less exactly
+
+
+# -- every array of a step on the tables' context -----------------------------------------------
+@pytest.mark.parametrize("step, kernel", [("chapter", "auto"), ("fast", "auto"),
+                                          ("fast", "builtin")])
+def test_every_array_of_a_step_is_on_the_tables_context(monkeypatch, step, kernel):
+    """On cpu(1), a context of its own (MXNet keeps an array's context even where cpu(0)
+    would compute the same), every array a step creates must be on cpu(1): an array made
+    without `ctx` (such as a CSR matrix) lands on cpu(0), and on a GPU it would be on the
+    CPU beside GPU tables. NDArray.__init__ runs for every array handed to Python."""
+    from backends.mxnet import backend as mxnet_backend
+
+    monkeypatch.setenv("W2V_MXNET_KERNEL", kernel)
+    monkeypatch.setattr(mxnet_backend, "mxnet_context", lambda device: mx.cpu(1))
+    model = backend(step=step)
+    rng = np.random.default_rng(0)
+    model.train_step(make_batch(rng))  # the first step builds (graphs, kernels, states)
+    created = []
+    original = mx.nd.NDArray.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(mx.nd.NDArray, "__init__", record)
+    batch = make_batch(rng)
+    losses = [model.train_step(batch), model.eval_loss(batch)]
+    model.loss_and_grads(batch)
+    monkeypatch.setattr(mx.nd.NDArray, "__init__", original)
+    mx.nd.waitall()
+    assert len(created) > 10
+    assert {str(array.ctx) for array in created} == {"cpu(1)"}
+    tables = model.net.tables
+    state = (model.trainer.optimizer.moments.values() if step == "fast" else
+             model.trainer._updater().states.values())
+    for array in (*tables, *losses, *(moment for pair in state for moment in pair)):
+        assert array.ctx == mx.cpu(1)
+
+
+# -- the fast step --------------------------------------------------------------------------------
+def test_step_runs_the_pair_objective_as_one_hybridized_graph(tmp_path):
+    model = backend(step="fast")
+    model.train_step(make_batch(np.random.default_rng(0)))
+    model.trainer.pairs.export(str(tmp_path / "step"))
     graph = (tmp_path / "step-symbol.json").read_text()
     for operator in ("Embedding", "FullyConnected", "Activation", "_npx_sigmoid"):
         assert f'"op": "{operator}"' in graph, operator
 
 
 def test_pair_plan_lists_real_slots_sorted_by_centre():
-    from backends.mxnet.model import pair_plan
+    from backends.mxnet.fast import pair_plan
 
     batch = Batch(centers=np.array([[3], [1], [3]], np.int32),
                   contexts_negatives=np.array([[4, 0, 2], [5, 6, 0], [0, 0, 0]], np.int32),
@@ -72,23 +221,13 @@ def test_pair_plan_lists_real_slots_sorted_by_centre():
 
 
 def test_written_out_gradient_matches_autograd_on_the_chapters_objective():
-    """`loss_and_grads` (pairs, sparse products) against MXNet autograd on `batch_dot`."""
-    from mxnet import autograd
-
-    trainer = backend()
+    """The fast step's gradient (pairs, written out) against the chapter step's autograd."""
+    fast, chapter = backend(step="fast"), backend(step="chapter")
     batch = make_batch(np.random.default_rng(6), all_padding_row=True)
-    loss, grads = trainer.loss_and_grads(batch)
-
-    parameters = (trainer.net.center.weight, trainer.net.context.weight)
-    arrays = [trainer.asarray(np.asarray(x, dtype)) for x, dtype in (
-        (batch.centers, np.int32), (batch.contexts_negatives, np.int32),
-        (batch.masks, np.float32), (batch.labels, np.float32))]
-    with autograd.record():
-        chapter_loss = trainer.objective(*arrays)
-    chapter_loss.backward()
-    assert loss == pytest.approx(float(chapter_loss.asnumpy()), rel=1e-5)
-    for got, parameter in zip(grads, parameters):
-        np.testing.assert_allclose(got, parameter.grad().asnumpy(), rtol=1e-5, atol=1e-6)
+    loss, grads = fast.loss_and_grads(batch)
+    chapter_loss, chapter_grads = chapter.loss_and_grads(batch)
+    assert loss == pytest.approx(chapter_loss, rel=1e-5)
+    assert_params_close(grads, chapter_grads, rtol=1e-5, atol=1e-6)
 
 
 def test_padding_and_pair_capacity_change_nothing():
@@ -96,7 +235,7 @@ def test_padding_and_pair_capacity_change_nothing():
     with the reference; the capacity grows, smaller batches then run padded, and give bit
     for bit what they gave before it grew (so a resumed run, whose capacity starts small
     again, continues exactly)."""
-    trainer, reference = backend(), backends.load("numpy")(VOCAB, EMBED, seed=3)
+    trainer, reference = backend(step="fast"), backends.load("numpy")(VOCAB, EMBED, seed=3)
     rng = np.random.default_rng(8)
     large = make_batch(rng, batch_size=400)  # up to 7,200 pairs: past the first capacity
     small = make_batch(rng, batch_size=5)
@@ -110,7 +249,7 @@ def test_padding_and_pair_capacity_change_nothing():
         assert loss == pytest.approx(expected_loss, rel=1e-5)
         for got, want in zip(grads, expected_grads):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert trainer._capacity >= np.count_nonzero(large.masks) > 1024
+    assert trainer.trainer.capacity >= np.count_nonzero(large.masks) > 1024
     (first_loss, first_grads), (again_loss, again_grads) = results[0], results[2]
     assert again_loss == first_loss
     for first, again in zip(first_grads, again_grads):
@@ -128,7 +267,7 @@ def torch_adam_reference(weight, grad, exp_avg, exp_avg_sq, step, lr):
 
 def test_torch_adam_places_eps_as_torch_does():
     """With gradients near eps, MXNet's own Adam moves weights differently; TorchAdam does not."""
-    from backends.mxnet.backend import TorchAdam
+    from backends.mxnet.fast import TorchAdam
 
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(5, 4))
@@ -153,8 +292,9 @@ def test_torch_adam_places_eps_as_torch_does():
     assert not np.allclose(updated["mxnet"] - weight, expected - weight, rtol=0.1)
 
 
-def test_dense_adam_moves_rows_the_batch_does_not_touch():
-    trainer = backend()
+@pytest.mark.parametrize("step", STEPS)
+def test_dense_adam_moves_rows_the_batch_does_not_touch(step):
+    trainer = backend(step=step)
     rng = np.random.default_rng(1)
     first = make_batch(rng)
     trainer.train_step(first)
@@ -213,19 +353,34 @@ def test_cli_output_has_no_mxnet_noise(tmp_path, name):
         assert "Warning" not in line and "StorageManager" not in line, line
 
 
+def _engine_threads(setting: str | None, *, after_import: bool = False) -> int:
+    """Threads of a fresh process that loaded the backend (MXNET_CPU_WORKER_NTHREADS as
+    given, or set only after `import mxnet`) and ran a CPU operator: the engine starts its
+    CPU workers then, as many as it read from the variable when MXNet was imported."""
+    late = "import os, mxnet; os.environ['MXNET_CPU_WORKER_NTHREADS'] = '2'\n" \
+        if after_import else ""
+    code = (f"{late}import os, backends; backends.load('mxnet'); import mxnet as mx\n"
+            "(mx.nd.ones((64, 64)) * 2).wait_to_read(); mx.nd.waitall()\n"
+            "print(len(os.listdir('/proc/self/task')))")
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    environment.pop("MXNET_CPU_WORKER_NTHREADS", None)
+    if setting is not None:
+        environment["MXNET_CPU_WORKER_NTHREADS"] = setting
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environment, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def test_two_engine_workers_unless_the_user_says_otherwise():
-    """The backend asks MXNet for two CPU worker threads, before MXNet reads the setting."""
-    code = ("import os, backends; backends.load('mxnet'); "
-            "print(os.environ['MXNET_CPU_WORKER_NTHREADS'])")
-    for given, expected in ((None, "2"), ("1", "1")):
-        environment = dict(os.environ, PYTHONPATH=str(ROOT))
-        environment.pop("MXNET_CPU_WORKER_NTHREADS", None)
-        if given is not None:
-            environment["MXNET_CPU_WORKER_NTHREADS"] = given
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              env=environment, cwd=ROOT, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == expected
+    """The backend asks MXNet for two CPU worker threads before MXNet reads the setting: the
+    engine runs one more thread than with 1, one fewer than with 3 (the user's setting wins),
+    and setting it after `import mxnet`, too late, leaves one."""
+    one = _engine_threads("1")
+    assert _engine_threads(None) == one + 1
+    assert _engine_threads("3") == one + 2
+    assert _engine_threads(None, after_import=True) == one
 
 
 # -- the native kernels (backends/mxnet/kernels.py, adam_kernel.cc, gradient_kernel.cc) ---------
@@ -264,7 +419,7 @@ def require_compiler() -> None:
 
 def _adam_steps(kernel: str, tables: list[np.ndarray], grads: list[list[np.ndarray]]):
     """TorchAdam over `tables` (float32), one update per table per step -> tables, moments."""
-    from backends.mxnet.backend import TorchAdam
+    from backends.mxnet.fast import TorchAdam
 
     optimizer = TorchAdam(0.002, kernel=kernel)
     weights = [mx.nd.array(table, dtype="float32") for table in tables]
@@ -340,11 +495,11 @@ def _pairs(rng, vocab: int, count: int, padding: int, empty_rows: int):
 
 
 def test_native_dense_gradients_equal_the_sparse_products():
-    """`w2v_dense_gradients` against `model.dense_gradients` (two `sparse.dot`s) on random
+    """`w2v_dense_gradients` against `fast.dense_gradients` (two `sparse.dot`s) on random
     pairs with empty rows, repeated ids and none at all, padding after the real pairs, and
     outputs full of NaN beforehand (the operator writes them whole)."""
     require_compiler()
-    from backends.mxnet import kernels, model
+    from backends.mxnet import fast, kernels
 
     native = kernels.dense_gradients("native")
     assert native is not None and kernels.dense_gradients("builtin") is None
@@ -359,7 +514,7 @@ def test_native_dense_gradients_equal_the_sparse_products():
                mx.nd.array(row_starts, dtype="int64"), *(mx.nd.array(t) for t in tables),
                out=got)
         want = [mx.np.zeros((vocab, embed)) for _ in range(2)]
-        model.dense_gradients(mx.np.array(values[:count]),
+        fast.dense_gradients(mx.np.array(values[:count]),
                               mx.np.array(contexts[:count], dtype="int64"),
                               mx.np.array(row_starts, dtype="int64"),
                               *(mx.np.array(t) for t in tables), *want)
@@ -395,9 +550,9 @@ def test_training_uses_the_native_kernels_and_trains_as_mxnets_operators_do(monk
     from backends.mxnet import kernels
 
     monkeypatch.delenv(kernels.ENV, raising=False)
-    trainers, losses = {kernel: backend() for kernel in ("auto", "builtin")}, {}
+    trainers, losses = {kernel: backend(step="fast") for kernel in ("auto", "builtin")}, {}
     for kernel, trainer in trainers.items():
-        trainer._optimizer.kernel = kernel
+        trainer.trainer.optimizer.kernel = kernel
         rng = np.random.default_rng(2)
         losses[kernel] = [float(trainer.train_step(make_batch(rng)).asnumpy()) for _ in range(4)]
     assert kernels._loaded is not None

@@ -1,8 +1,10 @@
-"""What only the TensorFlow backend has: one trace per compiled function, grouped steps, torch's
-Adam written out (not Keras'), SparseAdam as a masked update, devices, a quiet start-up.
+"""What only the TensorFlow backend has: the chapter step on Keras (its layers, one tape, Keras'
+Adam with torch's eps placement), one trace per compiled function, the fast step's grouped
+steps and torch's Adam written out, SparseAdam as a masked update, devices, a quiet start-up.
 
-The generic parity tests compare `train_step` with NumPy; here `train_steps` (several steps in
-one compiled call, over autodiff blocks) is compared too.
+Both steps are held to the NumPy reference here (loss and gradients, three Adam steps, the
+optimiser-state round trip, the linear schedule across a reload); `train_steps` (several
+steps in one compiled call, over autodiff blocks) is compared too.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require_backend, tiny_corpus
+from step_checks import (STEPS, check_linear_schedule_across_a_reload,
+                         check_loss_and_gradients, check_state_moves_between_steps,
+                         check_three_steps_and_state_round_trip)
 from test_parity import EMBED, VOCAB, assert_params_close, make_batch
 
 import backends
@@ -35,6 +40,49 @@ def backend(**options: object):
     return backends.load("tf")(VOCAB, EMBED, seed=3, **options)
 
 
+# -- both steps against the NumPy reference ----------------------------------------------------
+@pytest.mark.parametrize("step", STEPS)
+def test_loss_and_gradients_match_numpy(step):
+    check_loss_and_gradients("tf", step)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_three_adam_steps_and_a_state_round_trip_match_numpy(step):
+    check_three_steps_and_state_round_trip("tf", step)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_linear_schedule_across_a_reload_matches_numpy(step):
+    check_linear_schedule_across_a_reload("tf", step)
+
+
+def test_a_run_may_resume_with_the_other_step():
+    check_state_moves_between_steps("tf")
+
+
+# -- the chapter step is Keras' -----------------------------------------------------------------
+def test_chapter_step_is_keras_layers_one_tape_and_keras_adam():
+    import keras
+
+    model = backend(step="chapter")
+    assert isinstance(model.model, keras.Model)
+    assert [type(layer).__name__ for layer in (model.model.center, model.model.context)] == \
+        ["Embedding", "Embedding"]
+    assert type(model.trainer.optimizer) is keras.optimizers.Adam
+    assert model.steps_per_call == 1 and type(model).steps_per_call > 1
+    rng = np.random.default_rng(3)
+    batches = [make_batch(rng, batch_size=size) for size in (12, 7, 12)]
+    model.train_steps(batches)
+    # One call per batch: Keras counted every step, the trace was made once for all shapes.
+    assert int(model.trainer.optimizer.iterations.numpy()) == model.adam_steps == 3
+    assert model.traces == {"train_step": 1}
+
+
+def test_chapter_step_offers_only_dense_adam():
+    with pytest.raises(ConfigError, match="chapter step offers --optimizer adam"):
+        backend(step="chapter", optimizer="sparse_adam")
+
+
 # -- compilation -----------------------------------------------------------------------------
 def test_pipeline_batches_trace_and_compile_once(tmp_path):
     from common.config import TrainConfig
@@ -51,7 +99,7 @@ def test_pipeline_batches_trace_and_compile_once(tmp_path):
     assert {batch.contexts_negatives.shape for batch in batches} == {(60, config.max_length)}
     assert not batches[-1].masks[-1].any() and batches[-1].masks[0].any()
 
-    model = model_class(len(data.vocab), 8)
+    model = model_class(len(data.vocab), 8, step="fast")
     # Groups as the epoch driver makes them: full ones and short ones at report points.
     groups = list(step_groups(batches, model.steps_per_call, lambda index: index % 13 == 12))
     assert {len(group) for group in groups} != {model.steps_per_call}
@@ -61,11 +109,11 @@ def test_pipeline_batches_trace_and_compile_once(tmp_path):
     assert np.isfinite(model.losses_to_numpy(losses)).all()
     assert len(losses) == len(batches) + 2
     assert model.traces == {"train_steps": 1, "train_step": 1}
-    assert model._train_steps.experimental_get_tracing_count() == 1
+    assert model.trainer.train_steps.experimental_get_tracing_count() == 1
 
 
 def test_grouped_steps_match_numpy_over_ten_steps():
-    model, reference = backend(), backends.load("numpy")(VOCAB, EMBED, seed=3)
+    model, reference = backend(step="fast"), backends.load("numpy")(VOCAB, EMBED, seed=3)
     rng = np.random.default_rng(7)
     # 40 and 64 rows make two autodiff blocks, one of them padded; 7 rows one padded block.
     batches = [make_batch(rng, batch_size=size) for size in (40, 64, 7, 12, 40) * 2]
@@ -83,7 +131,7 @@ def test_grouped_steps_match_numpy_over_ten_steps():
 def test_train_steps_leave_the_losses_on_the_device():
     import tensorflow as tf
 
-    model = backend()
+    model = backend(step="fast")
     losses = model.train_steps([make_batch(np.random.default_rng(4))] * 3)
     assert len(losses) == 3
     assert all(isinstance(loss, tf.Tensor) and loss.shape == () for loss in losses)
@@ -93,29 +141,58 @@ def test_train_steps_leave_the_losses_on_the_device():
 
 
 # -- the optimisers --------------------------------------------------------------------------
-def test_adam_adds_eps_as_torch_does_not_as_keras_does():
-    """Gradients near eps tell the placements apart: 0.91 * lr (torch) vs 0.03 * lr (Keras)."""
-    import tensorflow as tf
-
-    from backends.tf.model import Adam
-
-    lr, gradient = 0.002, np.full((3, 2), 1e-7, np.float32)
-    table = tf.Variable(np.zeros((3, 2), np.float32))
-    adam = Adam((table,))
+def _torch_adam(gradient: np.ndarray, steps: int, lr: float = 0.002) -> np.ndarray:
+    """torch.optim.Adam's update of a zero table, `steps` times with the same gradient."""
     beta1, beta2 = ADAM_BETAS
-    expected, m, v = np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((3, 2))
-    for step in range(1, 4):
-        adam.apply((tf.constant(gradient),), (table,), tf.constant(lr))
+    expected, m, v = np.zeros(gradient.shape), np.zeros(gradient.shape), np.zeros(gradient.shape)
+    for step in range(1, steps + 1):
         m = beta1 * m + (1 - beta1) * gradient
         v = beta2 * v + (1 - beta2) * gradient ** 2
         expected -= lr / (1 - beta1 ** step) * m / (
             np.sqrt(v) / np.sqrt(1 - beta2 ** step) + ADAM_EPS)
-    np.testing.assert_allclose(table.numpy(), expected, rtol=1e-5)
-    assert abs(table.numpy()[0, 0] / (-3 * lr) - 1 / 1.1) < 1e-3  # ~0.909 lr per step
+    return expected
+
+
+def test_keras_adam_with_torch_epsilon_is_torchs_adam_and_without_it_is_not():
+    """Gradients near eps tell the placements apart: torch moves a weight 0.91 lr per step
+    here, Keras' Adam with a constant eps 1e-8 (its own placement) 0.30 lr, with its default
+    1e-7 less. With `torch_epsilon` set per step, as the chapter step does, it is torch's."""
+    import tensorflow as tf
+
+    from backends.tf import model as tf_model
+
+    lr, gradient = 0.002, np.full((3, 2), 1e-7, np.float32)
+    expected = _torch_adam(gradient, 3, lr)
+    moved = {}
+    for name, epsilon in (("torch_epsilon", None), ("eps 1e-8", 1e-8), ("eps 1e-7", 1e-7)):
+        table = tf.Variable(np.zeros((3, 2), np.float32))
+        optimizer = tf_model.adam(lr)
+        for _ in range(3):
+            optimizer.epsilon.assign(tf_model.torch_epsilon(optimizer.iterations + 1)
+                                     if epsilon is None else epsilon)
+            optimizer.apply_gradients([(tf.constant(gradient), table)])
+        moved[name] = table.numpy()
+    np.testing.assert_allclose(moved["torch_epsilon"], expected, rtol=1e-5)
+    assert abs(moved["torch_epsilon"][0, 0] / (-3 * lr) - 1 / 1.1) < 1e-3  # ~0.909 lr a step
+    for name in ("eps 1e-8", "eps 1e-7"):
+        assert np.all(np.abs(moved[name]) < 0.4 * np.abs(expected)), name
+
+
+def test_fast_steps_written_out_adam_is_torchs():
+    import tensorflow as tf
+
+    from backends.tf.fast import Adam
+
+    lr, gradient = 0.002, np.full((3, 2), 1e-7, np.float32)
+    table = tf.Variable(np.zeros((3, 2), np.float32))
+    adam = Adam((table,))
+    for _ in range(3):
+        adam.apply((tf.constant(gradient),), (table,), tf.constant(lr))
+    np.testing.assert_allclose(table.numpy(), _torch_adam(gradient, 3, lr), rtol=1e-5)
 
 
 def test_dense_adam_decays_untouched_rows_and_sparse_adam_leaves_them():
-    dense, sparse = backend(), backend(optimizer="sparse_adam")
+    dense, sparse = backend(step="fast"), backend(step="fast", optimizer="sparse_adam")
     rng = np.random.default_rng(2)
     first, second = make_batch(rng), make_batch(rng)
     # The same gradient; the optimisers differ only in which rows they update.
@@ -150,7 +227,8 @@ def test_dense_adam_decays_untouched_rows_and_sparse_adam_leaves_them():
 
 def test_sparse_adam_is_torchs_sparse_adam():
     """Three steps against SparseAdam's update written in NumPy on the reference's gradients."""
-    model, reference = backend(optimizer="sparse_adam"), backends.load("numpy")(VOCAB, EMBED)
+    model, reference = (backend(step="fast", optimizer="sparse_adam"),
+                        backends.load("numpy")(VOCAB, EMBED))
     beta1, beta2 = ADAM_BETAS
     params = [table.astype(np.float64) for table in model.get_params()]
     m = [np.zeros_like(table) for table in params]
@@ -179,6 +257,8 @@ def test_sparse_adam_is_torchs_sparse_adam():
 def test_unknown_optimizer_is_a_config_error():
     with pytest.raises(ConfigError, match="sparse_adam"):
         backend(optimizer="sgd")
+    with pytest.raises(ConfigError, match="offers --optimizer adam, got 'sgd'"):
+        backend(optimizer="sgd", step="chapter")
 
 
 # -- devices ---------------------------------------------------------------------------------
@@ -188,13 +268,18 @@ def test_devices_map_to_tensorflow_device_names():
     model_class = backends.load("tf")
     gpus = tf.config.list_physical_devices("GPU")
     assert model_class.devices() == ["cpu"] + [f"gpu:{i}" for i in range(len(gpus))]
-    cpu = backend(device="cpu")
-    assert cpu.tf_device == "/CPU:0" and cpu.model.center.device.endswith("CPU:0")
-    assert cpu.block_rows is not None  # cache-sized autodiff blocks on a CPU
+    cpu = backend(device="cpu", step="fast")
+    assert cpu.tf_device == "/CPU:0"
+    assert all(table.device.endswith("CPU:0") for table in cpu.model.tables)
+    assert cpu.trainer.block_rows is not None  # cache-sized autodiff blocks on a CPU
     if gpus:
-        gpu = backend(device="cuda:0")
-        assert gpu.tf_device == "/GPU:0" and gpu.model.center.device.endswith("GPU:0")
-        assert gpu.block_rows is None
+        for step in STEPS:
+            gpu = backend(device="cuda:0", step=step)
+            assert gpu.tf_device == "/GPU:0"
+            assert all(table.device.endswith("GPU:0") for table in gpu.model.tables)
+            exp_avg, exp_avg_sq = gpu.trainer.moments
+            assert all(m.device.endswith("GPU:0") for m in (*exp_avg, *exp_avg_sq))
+        assert backend(device="cuda:0", step="fast").trainer.block_rows is None
     else:
         with pytest.raises(DeviceError, match="this machine offers: cpu$"):
             backend(device="gpu")

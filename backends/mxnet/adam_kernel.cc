@@ -1,7 +1,7 @@
 // w2v_adam_update: dense Adam for the MXNet backend, as an MXNet 1.9 extension-library operator.
 //
 // Why it exists: MXNet 1.9.1's CPU wheel is built for SSE3 and its `adam_update` kernel runs one
-// float at a time (2.8 ns per element; 40% of a PTB training step). This loop is the same
+// float at a time (benchmarks/README.md has its share of a PTB step). This loop is the same
 // arithmetic, written so that g++ -O3 -fno-math-errno vectorizes it (the square root and the
 // division included) for the CPU it is compiled on. `backends/mxnet/kernels.py` builds it on
 // first use against the wheel's own lib_api.h / lib_api.cc and loads it with mx.library.load.

@@ -1,41 +1,28 @@
-"""The MXNet (Gluon) backend: the chapter's MXNet tab, optimising exactly the others' objective.
+"""The MXNet (Gluon) backend: the shell that joins the chosen step to `backends/base.py`.
 
-Three differences from that tab, each so that it trains what the PyTorch tab (and every other
-backend here) trains:
-- Xavier-uniform tables, set from `init_params_numpy` (the tab kept Gluon's default init).
-- The summed objective, not the mean: the tab's `trainer.step(batch_size)` multiplies
-  gradients by 1/B, while the PyTorch tab optimises the sum (`l.sum().backward()`). Adam is
-  nearly scale-invariant, but not exactly (eps), and the losses would not match.
-- `TorchAdam` below instead of Gluon's 'adam': the bias corrections and eps placed as
-  torch.optim.Adam places them, on a vectorized extension operator (`kernels.py`,
-  `adam_kernel.cc`) or, without a C++ compiler, MXNet's fused `adam_update`.
-
-The step (`train_step`) is written out rather than taken from autograd, as torch's is:
-`model.pair_plan` lists the batch's real pairs on the host, the hybridized
-`model.PairObjective` (one cached graph, static memory) gives the loss and d loss / d logits,
-one native operator (`gradient_kernel.cc`; without it `model.dense_gradients`, two sparse
-matrix products) sums the table gradients, and one Adam operator per table updates it in
-place. `loss_and_grads` returns that same gradient, and
-`tests/test_mxnet_backend.py` checks it against autograd on the chapter's `SkipGramObjective`.
-Where the time goes, and what was tried: README, "How each backend is made fast".
+`--step chapter` (`model.py`): the chapter's MXNet tab, optimising exactly the others'
+objective: the `nn.Embedding` pair, `autograd.record()` and `backward()` through one
+hybridized graph, and `gluon.Trainer(..., 'adam')`. Its differences from the tab, each so that
+it trains what the PyTorch tab (and every other backend here) trains: Xavier-uniform tables
+(set from `init_params_numpy`), `trainer.step(1)` on the summed objective instead of
+`step(batch_size)` on the mean, and MXNet's Adam given torch's eps placement
+(`model.torch_epsilon`). `--step fast` (`fast.py`): the same numbers from a written-out
+gradient over the batch's real pairs, native operators and torch's Adam called directly.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import math
+import pickle
 from typing import Any, ClassVar
 
 import mxnet as mx
 import numpy as np
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
-from backends.mxnet import kernels, model
-from common.batching import Batch, real_pairs
+from backends.base import AdamState, Backend, Params
+from backends.mxnet import fast, kernels, model
+from common.batching import Batch
 from common.errors import ConfigError
 
-TABLES = ("center", "context")  # optimiser index 0 and 1, as in Params
-_UNRESOLVED = object()  # an operator not looked up yet (None means MXNet's own)
+BATCH_DTYPES = (np.int32, np.int32, np.float32, np.float32)
 
 
 def available_devices() -> list[str]:
@@ -56,75 +43,68 @@ def mxnet_context(device: str) -> mx.Context:
     return mx.cpu() if kind == "cpu" else mx.gpu(index)
 
 
-class TorchAdam(mx.optimizer.Optimizer):
-    """torch.optim.Adam (dense) on MXNet's `adam_update` kernel or its vectorized twin.
+class ChapterStep:
+    """The chapter's step (`model.train_step`) and its `gluon.Trainer`, over `net`."""
 
-    MXNet's own Adam folds the bias corrections into the learning rate,
-        lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t),   w -= lr_t * m / (sqrt(v) + eps),
-    which puts eps outside the second bias correction; torch computes
-        w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
-    Multiplying torch's numerator and denominator by sqrt(1 - beta2^t) shows that MXNet's
-    update with eps_t = eps * sqrt(1 - beta2^t) is torch's, so that is what `update` passes.
-    `lazy_update=False` and dense states: every row's moments decay at every step (MXNet's
-    lazy update would skip rows absent from a row-sparse gradient).
+    def __init__(self, net: model.SkipGramModel, lr: float, context: mx.Context) -> None:
+        self.net, self.lr, self.context = net, lr, context
+        self.objective = model.SkipGramObjective(net)
+        # One cached graph for the forward and its backward; static_alloc keeps its memory
+        # from step to step, static_shape its plan for each (B, L) seen.
+        self.objective.hybridize(static_alloc=True, static_shape=True)
+        self.reset()
 
-    The moments are created here and kept by index (0 centre, 1 context), and the step
-    counted here, so that the backend can read and restore them. The backend calls `update`
-    itself: Gluon's Trainer would add an Updater, gradient bookkeeping and a Python loop for
-    what is two kernel calls.
+    def reset(self) -> None:
+        """A fresh Trainer: no optimiser state, step 0."""
+        self.trainer = model.trainer(self.net, self.lr)
+        self.step_count = 0
 
-    On CPU the update runs `kernels.adam_update(kernel)`'s operator, `adam_kernel.cc`: the same
-    arithmetic as `adam_update`, vectorized (9x faster on a PTB table in cache). It reads its
-    scalars exactly where MXNet's parser can be an ulp off, so weights whose sqrt(v) is
-    eps-sized can differ in the last bit. `kernel` is auto, native or builtin (`kernels.ENV`;
-    None: from the environment).
-    """
+    def batch_arrays(self, batch: Batch) -> tuple[mx.np.ndarray, ...]:
+        """Batch -> (B, 1), (B, L) int32 ids and (B, L) float32 masks, labels on the context."""
+        return tuple(mx.np.array(array, dtype=dtype, ctx=self.context)
+                     for array, dtype in zip(batch, BATCH_DTYPES))
 
-    def __init__(self, learning_rate: float, kernel: str | None = None) -> None:
-        super().__init__(learning_rate=learning_rate)
-        self.kernel = kernel
-        self._native: Any = _UNRESOLVED  # the native Adam operator or None, on first use
-        self.beta1, self.beta2 = ADAM_BETAS
-        self.epsilon = ADAM_EPS
-        self.steps: dict[int, int] = {}
-        self.moments: dict[int, tuple[mx.nd.NDArray, mx.nd.NDArray]] = {}
+    def train_step(self, batch: Batch, lr: float) -> mx.np.ndarray:
+        self.step_count += 1
+        self.trainer.set_learning_rate(lr)
+        return model.train_step(self.objective, self.trainer, *self.batch_arrays(batch),
+                                self.step_count)
 
-    def create_state(self, index: int, weight: mx.nd.NDArray) -> tuple[mx.nd.NDArray, ...]:
-        """(exp_avg, exp_avg_sq) for parameter `index`: zeros, or what was loaded before."""
-        if index not in self.moments:
-            self.moments[index] = tuple(
-                mx.nd.zeros(weight.shape, weight.ctx, dtype=weight.dtype) for _ in range(2))
-        return self.moments[index]
+    def loss_and_grads(self, batch: Batch) -> tuple[mx.np.ndarray, tuple[mx.np.ndarray, ...]]:
+        """`l.sum()` and both tables' gradients from `backward()`, with no optimiser step."""
+        with mx.autograd.record():
+            losses = self.objective(*self.batch_arrays(batch))
+        losses.backward()
+        return losses.sum(), (self.net.center.weight.grad(), self.net.context.weight.grad())
 
-    def native_adam(self, context: mx.Context) -> Any:
-        """The native Adam operator for arrays on `context`, or None for MXNet's `adam_update`.
+    def eval_loss(self, batch: Batch) -> mx.np.ndarray:
+        return self.objective(*self.batch_arrays(batch)).sum()
 
-        Resolved once per optimiser, on first use (building the library if need be), not at
-        every step: `kernel` (or the environment) decides, as `kernels.adam_update` says.
-        """
-        if self._native is _UNRESOLVED:
-            self._native = (kernels.adam_update(self.kernel) if context.device_type == "cpu"
-                            else None)
-        return self._native
+    # The Trainer keeps Adam's moments in its Updater (`Updater.get_states`/`set_states`,
+    # pickles of {parameter index: (mean, var)}) and the step count t in the optimiser.
+    def _updater(self) -> Any:
+        return self.trainer._updaters[0]  # one per context; Gluon has no public accessor
 
-    def update(self, index: int, weight: mx.nd.NDArray, grad: mx.nd.NDArray,
-               state: tuple[mx.nd.NDArray, mx.nd.NDArray]) -> None:
-        """One Adam step of `weight` in place, once per parameter and step."""
-        step = self.steps.get(index, 0) + 1
-        self.steps[index] = step
-        bias_correction1 = 1 - self.beta1 ** step
-        bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** step)
-        exp_avg, exp_avg_sq = state
-        lr = self._get_lr(index) * bias_correction2_sqrt / bias_correction1
-        epsilon = self.epsilon * bias_correction2_sqrt
-        native = self.native_adam(weight.context) if self.rescale_grad == 1.0 else None
-        if native is not None:
-            native(weight, grad, exp_avg, exp_avg_sq, out=weight, lr=lr, epsilon=epsilon,
-                   beta1=self.beta1, beta2=self.beta2)
-        else:
-            mx.nd.adam_update(weight, grad, exp_avg, exp_avg_sq, out=weight, lr=lr,
-                              epsilon=epsilon, beta1=self.beta1, beta2=self.beta2, wd=0.0,
-                              rescale_grad=self.rescale_grad, lazy_update=False)
+    def state(self) -> AdamState:
+        states = pickle.loads(self._updater().get_states(dump_optimizer=False))
+        shape = self.net.center.weight.shape
+        moments = [states.get(index) for index in range(2)]
+        exp_avg, exp_avg_sq = (
+            Params(*(np.zeros(shape, np.float32) if pair is None else pair[which].asnumpy()
+                     for pair in moments)) for which in (0, 1))
+        return AdamState(self.step_count, exp_avg, exp_avg_sq)
+
+    def load_state(self, state: AdamState) -> None:
+        self.reset()
+        states = {index: tuple(mx.nd.array(np.asarray(values, np.float32), ctx=self.context)
+                               for values in (exp_avg, exp_avg_sq))
+                  for index, (exp_avg, exp_avg_sq) in enumerate(zip(state.exp_avg,
+                                                                    state.exp_avg_sq))}
+        self._updater().set_states(pickle.dumps(states))
+        # MXNet's Adam counts t per parameter; the next step is t + 1 for both tables.
+        self.trainer.optimizer._index_update_count.update({0: state.step, 1: state.step})
+        self.trainer.optimizer.num_update = int(state.step)
+        self.step_count = int(state.step)
 
 
 class MXNetBackend(Backend):
@@ -132,7 +112,8 @@ class MXNetBackend(Backend):
 
     name: ClassVar[str] = "mxnet"
     framework: ClassVar[str] = "mxnet"
-    # The compiled step sees pairs, not (B, L) slots: a batch's own L costs nothing extra.
+    # Eager shapes: the chapter step re-plans its cached graph per (B, L) (few: L is the
+    # batch's widest row), and the fast step sees pairs, not slots.
     fixed_shapes: ClassVar[bool] = False
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
@@ -143,36 +124,14 @@ class MXNetBackend(Backend):
         self.context = mxnet_context(device)
         if optimizer != "adam":
             raise ConfigError(f"the mxnet backend offers only --optimizer adam, got {optimizer!r}")
-        kernels.kernel_mode()  # a bad W2V_MXNET_KERNEL fails here, not at the first step
-        self.net = model.SkipGram(vocab_size, embed_size)
+        self.net = model.SkipGramModel(vocab_size, embed_size)
         self.net.initialize(ctx=self.context)  # Xavier, then overwritten by init_params
-        self.objective = model.SkipGramObjective(self.net)  # the chapter's, for autograd
-        self.pairs = model.PairObjective(vocab_size, embed_size)
-        # One cached graph for the forward and d loss / d logits; static_alloc keeps its
-        # memory from step to step, static_shape its plan (hence the fixed pair capacity).
-        self.pairs.hybridize(static_alloc=True, static_shape=True)
-        self._capacity = 0
-        self._grads = tuple(mx.np.zeros((vocab_size, embed_size), ctx=self.context)
-                            for _ in TABLES)
-        self._new_optimizer()
+        if step == "chapter":
+            self.trainer: ChapterStep | fast.FastStep = ChapterStep(self.net, lr, self.context)
+        else:
+            kernels.kernel_mode()  # a bad W2V_MXNET_KERNEL fails here, not at the first step
+            self.trainer = fast.FastStep(vocab_size, embed_size, lr, self.context)
         self.init_params(seed)
-
-    @property
-    def _tables(self) -> tuple[mx.np.ndarray, mx.np.ndarray]:
-        return self.net.center.weight.data(), self.net.context.weight.data()
-
-    @functools.cached_property
-    def _native_gradients(self) -> Any:
-        """The native gradient operator, or None for `model.dense_gradients` (sparse dot).
-
-        Resolved on the first step, once, as `kernels.dense_gradients` says (CPU only).
-        """
-        return kernels.dense_gradients() if self.context.device_type == "cpu" else None
-
-    def _new_optimizer(self) -> None:
-        """A fresh optimiser (no state, step 0) over both tables, in `TABLES` order."""
-        self._optimizer = TorchAdam(self.lr)
-        self.adam_steps = 0
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> mx.np.ndarray:
@@ -187,127 +146,60 @@ class MXNetBackend(Backend):
             return np.zeros(0, dtype=np.float64)
         return mx.np.stack(losses).asnumpy().astype(np.float64)
 
-    def _writable(self, size: int, dtype: type) -> tuple[np.ndarray, mx.np.ndarray]:
-        """A fresh (size,) device array and, on CPU, a NumPy view of its memory to fill.
-
-        Filling device memory from the host this way skips `mx.np.array`, whose copy ends in
-        `WaitToWrite`: that queues a no-op behind the engine's pending work and blocks until it
-        has run, so each step's inputs waited for the previous step's Adam (3 ms per call on
-        PTB) and the host never ran ahead. A fresh array has no pending work, and the view is
-        filled before any operator is given the array. (`mx.nd.from_numpy` would avoid the
-        copy too, at 0.2 ms of ctypes per call and a Python callback on the engine's threads.)
-        """
-        array = mx.nd.empty((size,), ctx=self.context, dtype=dtype)
-        if self.context.device_type != "cpu":
-            return np.empty(size, dtype), array.as_np_ndarray()
-        pointer = ctypes.c_void_p()
-        mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-        memory = (ctypes.c_char * (size * np.dtype(dtype).itemsize)).from_address(pointer.value)
-        return np.frombuffer(memory, dtype), array.as_np_ndarray()
-
     # -- the model --------------------------------------------------------------------------
     def embed(self, table: mx.np.ndarray, ids: mx.np.ndarray) -> mx.np.ndarray:
         return model.embed(mx.nd, table, ids)
 
     def skip_gram(self, centers: mx.np.ndarray, contexts_negatives: mx.np.ndarray,
                   center_table: mx.np.ndarray, context_table: mx.np.ndarray) -> mx.np.ndarray:
-        return model.batch_dots(mx.nd, model.embed(mx.nd, center_table, centers),
-                                model.embed(mx.nd, context_table, contexts_negatives))
+        return model.skip_gram(mx.nd, centers, contexts_negatives,
+                               lambda ids: model.embed(mx.nd, center_table, ids),
+                               lambda ids: model.embed(mx.nd, context_table, ids))
 
     def masked_bce(self, logits: mx.np.ndarray, labels: mx.np.ndarray,
                    masks: mx.np.ndarray) -> mx.np.ndarray:
-        return self.objective.loss(logits, labels, masks)
+        return model.masked_bce(mx.gluon.loss.SigmoidBCELoss(), logits, labels, masks)
 
     # -- parameters -------------------------------------------------------------------------
-
     def get_params(self) -> Params:
-        return Params(*(table.asnumpy() for table in self._tables))
+        return Params(*(table.asnumpy() for table in self.net.tables))
 
     def set_params(self, params: Params) -> None:
         for values in params:
             self._check_shape(values, "parameter table")
         for parameter, values in zip((self.net.center.weight, self.net.context.weight), params):
             parameter.set_data(self.asarray(np.asarray(values, dtype=np.float32)))
-        self._new_optimizer()
+        self.trainer.reset()
+        self.adam_steps = 0
 
     # -- training ---------------------------------------------------------------------------
-    def _pair_arrays(self, batch: Batch) -> tuple[model.PairPlan, tuple[mx.np.ndarray, ...]]:
-        """Batch -> its pair plan and the device arrays the step reads, filled in place.
-
-        (capacity,) centre ids, context ids, signs, weights and (V + 1,) CSR row starts.
-        """
-        pairs = real_pairs(batch, self.vocab_size)
-        count = len(pairs.center_ids)
-        if count > self._capacity:
-            # Grow in steps of 1024 pairs (PTB: 13,400 on average, at most 14,500), so the
-            # graph is re-planned a few times in the first steps and then never.
-            self._capacity = -(-max(count, 1) // 1024) * 1024
-        capacity = self._capacity
-        host_ids, ids = self._writable(2 * capacity + self.vocab_size + 1, np.int64)
-        host_floats, floats = self._writable(2 * capacity, np.float32)
-        plan = model.padded_plan(pairs, capacity, host_ids, host_floats)
-        if self.context.device_type != "cpu":
-            ids[:], floats[:] = host_ids, host_floats
-        return plan, (ids[:capacity], ids[capacity:2 * capacity], ids[2 * capacity:],
-                      floats[:capacity], floats[capacity:])
-
-    def _dense_gradients(self, batch: Batch) -> mx.np.ndarray:
-        """Overwrite both tables' dense gradients for `batch`; return the summed loss (0-d)."""
-        plan, (center_ids, context_ids, row_starts, signs, weights) = self._pair_arrays(batch)
-        center_table, context_table = self._tables
-        loss, slot_grads = self.pairs(center_table, context_table, center_ids, context_ids,
-                                      signs, weights)
-        native = self._native_gradients
-        if native is not None:
-            # It reads only the first row_starts[V] = count pairs: no slicing off the padding.
-            native(*(array.as_nd_ndarray() for array in (
-                slot_grads, context_ids, row_starts, center_table, context_table)),
-                   out=[grad.as_nd_ndarray() for grad in self._grads])
-        else:
-            count = plan.count
-            model.dense_gradients(slot_grads[:count], context_ids[:count], row_starts,
-                                  center_table, context_table, *self._grads)
-        return loss
-
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
-        loss = self._dense_gradients(batch)
-        return float(loss.asnumpy()), Params(*(grad.asnumpy() for grad in self._grads))
+        if self.step == "chapter":
+            loss, grads = self.trainer.loss_and_grads(batch)
+        else:
+            loss, grads = self.trainer.gradients(self.net.tables, batch), self.trainer.grads
+        return float(loss.asnumpy()), Params(*(grad.asnumpy() for grad in grads))
 
     def eval_loss(self, batch: Batch) -> mx.np.ndarray:
         """The objective alone (no gradient is written, no state changes), still on device."""
-        _, (center_ids, context_ids, _, signs, weights) = self._pair_arrays(batch)
-        loss, _ = self.pairs(*self._tables, center_ids, context_ids, signs, weights)
-        return loss
+        if self.step == "chapter":
+            return self.trainer.eval_loss(batch)
+        return self.trainer.eval_loss(self.net.tables, batch)
 
     def train_step(self, batch: Batch) -> mx.np.ndarray:
-        loss = self._dense_gradients(batch)
-        self._optimizer.set_learning_rate(self.next_lr())  # the schedule's rate for this step
-        for index, (table, grad) in enumerate(zip(self._tables, self._grads)):
-            state = self._optimizer.create_state(index, table)
-            self._optimizer.update(index, table.as_nd_ndarray(), grad.as_nd_ndarray(), state)
-        return loss  # no asnumpy(): the driver syncs only when it reports
+        lr = self.next_lr()  # the schedule's rate for this step
+        if self.step == "chapter":
+            return self.trainer.train_step(batch, lr)
+        return self.trainer.train_step(self.net.tables, batch, lr)  # no asnumpy(): no sync
 
     def optimizer_state(self) -> AdamState:
-        moments = self._optimizer.moments
-        if not moments:  # no step taken since the optimiser was made
-            zeros = Params(*(np.zeros((self.vocab_size, self.embed_size), np.float32)
-                             for _ in TABLES))
-            return AdamState(0, zeros, zeros)
-        return AdamState(self._optimizer.steps.get(0, 0),
-                         Params(*(moments[i][0].asnumpy() for i in range(len(TABLES)))),
-                         Params(*(moments[i][1].asnumpy() for i in range(len(TABLES)))))
+        return self.trainer.state()
 
     def load_optimizer_state(self, state: AdamState) -> None:
         for table in (*state.exp_avg, *state.exp_avg_sq):
             self._check_shape(table, "optimizer state")
-        self._new_optimizer()
-        for index, (exp_avg, exp_avg_sq) in enumerate(zip(state.exp_avg, state.exp_avg_sq)):
-            # `create_state` hands these arrays to the next step.
-            self._optimizer.moments[index] = tuple(
-                mx.nd.array(np.asarray(values, np.float32), ctx=self.context)
-                for values in (exp_avg, exp_avg_sq))
-            self._optimizer.steps[index] = int(state.step)
+        self.trainer.load_state(state)
         self.adam_steps = int(state.step)
 
     def synchronize(self) -> None:

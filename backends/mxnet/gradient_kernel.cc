@@ -1,10 +1,11 @@
 // w2v_dense_gradients: both dense table gradients of a batch's pairs, as an MXNet 1.9
 // extension-library operator (built into the same library as w2v_adam_update, adam_kernel.cc).
 //
-// Why it exists: `model.dense_gradients` gets the gradients as two `mx.nd.sparse.dot` products
+// Why it exists: `fast.dense_gradients` gets the gradients as two `mx.nd.sparse.dot` products
 // over a CSR matrix M (rows: centres, columns: contexts, values: d loss / d logit). On MXNet
-// 1.9.1's SSE3 wheel those products and the zero-filling of their outputs took 28% of a PTB
-// step's CPU. This loop is the same sums, written so that g++ -O3 vectorizes them over E.
+// 1.9.1's SSE3 wheel those products and the zero-filling of their outputs are scalar loops over
+// a large share of a PTB step (benchmarks/README.md). This loop is the same sums, written so
+// that g++ -O3 vectorizes them over E.
 //
 // Inputs: g (P,) d loss / d logit per pair, col (P,) context ids, row_starts (V+1,) CSR row
 // starts over the centres (pairs sorted by centre; only the first row_starts[V] pairs are read,

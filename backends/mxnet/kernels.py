@@ -3,7 +3,7 @@
 MXNet 1.9.1's CPU wheel runs `adam_update` one float at a time; `adam_kernel.cc` is the same
 arithmetic as an extension-library operator (`w2v_adam_update`, MXNet's C++ extension API) that
 the compiler vectorizes. `gradient_kernel.cc` (`w2v_dense_gradients`) writes both tables' dense
-gradients from the batch's pairs, what `model.dense_gradients` does with two sparse products and
+gradients from the batch's pairs, what `fast.dense_gradients` does with two sparse products and
 their zero-fills. The first process that needs them compiles both sources with the system C++
 compiler (`$CXX`, else g++, else c++) together with the wheel's `lib_api.cc` into
 `$XDG_CACHE_HOME/w2v-multi/mxnet-kernels/<hash>.so` (`~/.cache/...` without XDG_CACHE_HOME),
@@ -233,7 +233,7 @@ def adam_update(mode: str | None = None) -> Callable[..., Any] | None:
 
 
 def dense_gradients(mode: str | None = None) -> Callable[..., Any] | None:
-    """The native `w2v_dense_gradients` operator, or None where `model.dense_gradients` (two
+    """The native `w2v_dense_gradients` operator, or None where `fast.dense_gradients` (two
     `mx.nd.sparse.dot` products) is to be used; `mode` as for `adam_update`, the same switch."""
     return _operator(GRADIENT_OP_NAME, mode)
 

@@ -1,11 +1,13 @@
 """The TensorFlow backend; the registry loads `BACKEND`.
 
-TensorFlow is imported here first, quietly and alone: the CLI's output should be the run's,
-not TensorFlow's start-up log, and choosing this backend should import no other framework.
+TensorFlow and Keras are imported here first, quietly and alone: the CLI's output should be
+the run's, not TensorFlow's start-up log, and choosing this backend should import no other
+framework (tests/test_isolation.py).
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -16,12 +18,13 @@ from typing import Iterator
 # ("2025-01-01 12:00:00.000: I tensorflow/...").
 _LOG_LINE = re.compile(r"^(?:[IWEF]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [IWEF] )")
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
-# Optional imports inside `import tensorflow` that this backend never uses: TFLite's converter
-# helpers try `from jax import jit`, and TensorFlow loads Keras 3's optimisers to register them
-# for SavedModel. Both are in try/except ImportError, so hiding them is safe; `tf.keras` still
-# loads lazily on first use. It keeps jax out of a TensorFlow process (design principle 4)
-# and takes about a second off the import.
+# Optional imports inside `import tensorflow` and `import keras` that this backend never uses:
+# TFLite's converter helpers try `from jax import jit`, TensorFlow loads Keras 3's optimisers to
+# register them for SavedModel, and Keras' Orbax checkpoint callback patches jax if it can.
+# All are in try/except ImportError, so hiding them is safe. It keeps jax out of a TensorFlow
+# process; Keras (the chapter step's layers and Adam) is imported next, on its own.
 _NOT_FOR_TENSORFLOW = ("jax", "keras")
+_NOT_FOR_KERAS = ("jax",)
 
 
 @contextlib.contextmanager
@@ -55,23 +58,29 @@ def quiet_native_logs() -> Iterator[None]:
 
 
 def _import_tensorflow() -> None:
-    """`import tensorflow`, quietly and without the frameworks it would pull in."""
-    if "tensorflow" in sys.modules:
-        return
+    """`import tensorflow`, then `import keras` on TensorFlow, quietly, without other frameworks.
+
+    Keras 3 picks its backend once, at import, from KERAS_BACKEND (or ~/.keras/keras.json):
+    this process's Keras must run on TensorFlow, so that is set for it.
+    """
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
     # TensorFlow maps nearly all of a GPU's memory when it first uses it, which would starve
     # JAX or torch in the same process (a pytest run loads all three). Grow as needed instead;
     # a user's own setting wins. Read when the GPUs are initialised, after this import.
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    # A None entry in sys.modules makes `import name` raise ImportError (importlib docs).
-    hidden = [name for name in _NOT_FOR_TENSORFLOW if name not in sys.modules]
     with quiet_native_logs():
-        try:
-            sys.modules.update(dict.fromkeys(hidden))
-            import tensorflow  # noqa: F401
-        finally:
-            for name in hidden:
-                if sys.modules.get(name, 0) is None:
-                    del sys.modules[name]
+        for module, hidden_names in (("tensorflow", _NOT_FOR_TENSORFLOW),
+                                     ("keras", _NOT_FOR_KERAS)):
+            # A None entry in sys.modules makes `import name` raise ImportError (importlib docs).
+            hidden = [name for name in hidden_names if name not in sys.modules]
+            try:
+                sys.modules.update(dict.fromkeys(hidden))
+                importlib.import_module(module)
+            finally:
+                for name in hidden:
+                    if sys.modules.get(name, 0) is None:
+                        del sys.modules[name]
 
 
 def _is_log_line(line: str) -> bool:
@@ -80,6 +89,12 @@ def _is_log_line(line: str) -> bool:
 
 
 _import_tensorflow()
+if sys.modules["keras"].backend.backend() != "tensorflow":
+    from common.errors import BackendUnavailableError
+
+    raise BackendUnavailableError(
+        f"Keras was imported on {sys.modules['keras'].backend.backend()} before the tf backend "
+        "loaded; the tf backend needs Keras on TensorFlow (KERAS_BACKEND=tensorflow)")
 
 from backends.tf.backend import TFBackend  # noqa: E402  (after the quiet import)
 
