@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_backend, tiny_corpus
-from test_parity import EMBED, VOCAB, make_batch
+from helpers import EMBED, VOCAB, make_batch, require_backend, tiny_corpus
 
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS

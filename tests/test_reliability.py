@@ -19,7 +19,7 @@ import pytest
 
 from common import runs
 from common.cli import main
-from conftest import tiny_corpus
+from helpers import tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES_PER_EPOCH = 50  # tiny corpus: 3,200 centre words at t=1, batches of 64

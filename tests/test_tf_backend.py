@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_backend, tiny_corpus
-from test_parity import EMBED, VOCAB, assert_params_close, make_batch
+from helpers import EMBED, VOCAB, assert_params_close, make_batch, require_backend, tiny_corpus
 
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS
