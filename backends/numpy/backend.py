@@ -40,6 +40,8 @@ class NumpyBackend(Backend):
         self._exp_avg = np.zeros(shape, DTYPE)
         self._exp_avg_sq = np.zeros(shape, DTYPE)
         self._scratch = np.empty(shape, DTYPE)
+        # The chapter's `net` over views of the stacked tables: it sees every update.
+        self.model = model.SkipGramModel(self._params[0], self._params[1])
         self.init_params(seed)
 
     # -- arrays ---------------------------------------------------------------------------
@@ -76,8 +78,7 @@ class NumpyBackend(Backend):
     def _forward_backward(self, batch: Batch) -> np.ndarray:
         """Fill `self._grads` for `batch` by this backend's step; return the 0-d loss."""
         if self.step == "chapter":
-            loss, grads = model.objective_and_gradients(*batch, self._params[0],
-                                                        self._params[1])
+            loss, grads = self.model.objective_and_gradients(*batch)
             self._grads[0], self._grads[1] = grads
             return loss
         loss, _ = fast.objective_and_gradients(*batch, self._params[0], self._params[1],
@@ -90,7 +91,7 @@ class NumpyBackend(Backend):
 
     def eval_loss(self, batch: Batch) -> np.float32:
         """The forward alone: no gradient buffer or Adam moment is touched."""
-        return DTYPE(model.objective(*batch, self._params[0], self._params[1]))
+        return DTYPE(self.model.objective(*batch))
 
     def train_step(self, batch: Batch) -> np.float32:
         loss = self._forward_backward(batch)

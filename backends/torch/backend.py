@@ -99,7 +99,7 @@ class TorchBackend(Backend):
     def _batch_tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         """Batch -> (B, 1), (B, L) int64 ids and (B, L) float32 masks, labels on the device."""
         device = self.torch_device
-        # int64 ids: `index_add_` with int32 indices is 4x slower on CPU.
+        # int64 ids: `index_add_` with int32 indices is much slower on CPU.
         ids = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device)
                for x in (batch.centers, batch.contexts_negatives)]
         floats = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
