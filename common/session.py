@@ -263,8 +263,8 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
         session.backend.init_params(config.seed)
         runs.save_config(run, config)
         session.vocab.save(run / runs.VOCAB)
-        log(f"training with {session.backend_class.name} {session.backend_class.version()} "
-            f"({config.step} step) on {session.backend.device}, writing {run}")
+        log(f"training with {session.backend_class.name} {session.backend_class.version()} on "
+            f"{session.backend.device} ({config.step} step), writing {run}")
         result = session.fit(None, on_epoch_end)
         return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
 
@@ -318,6 +318,6 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         runs.save_config(run, config)
         log(f"resuming {run} in epoch {done['epoch'] + 1} of {config.epochs}, after batch "
             f"{done['batch']}, with {session.backend_class.name} "
-            f"{session.backend_class.version()} ({config.step} step) on {session.backend.device}")
+            f"{session.backend_class.version()} on {session.backend.device} ({config.step} step)")
         result = session.fit(result, on_epoch_end)
         return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
