@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import backends
-from backends.base import STEPS, Backend, Params, init_params_numpy
-from common.batching import Batch
+from backends.base import STEPS, Backend, init_params_numpy
 from common.errors import DeviceError
 from helpers import EMBED, VOCAB, assert_params_close, make_batch
 
