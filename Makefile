@@ -14,6 +14,8 @@ TORCH_INDEX   ?=
 TORCH_VERSION ?= 2.13.0
 BACKEND       ?= torch
 DEVICE        ?= cpu
+# chapter: the chapter's code through the framework's autodiff and optimiser; fast: tuned.
+STEP          ?= fast
 EPOCHS        ?= 5
 QUERY         ?= chip
 RUN           ?= runs/$(BACKEND)
@@ -41,7 +43,7 @@ TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 .PHONY: train test test-main test-mxnet test-gpu bench env env-gpu lock check-minimums clean-env
 
 train: $(TRAIN_VENV)/.ready
-	$(TRAIN_VENV)/bin/w2v train --backend $(BACKEND) --device $(DEVICE) --epochs $(EPOCHS) \
+	$(TRAIN_VENV)/bin/w2v train --backend $(BACKEND) --device $(DEVICE) --step $(STEP) --epochs $(EPOCHS) \
 		--out $(RUN) --overwrite $(TRAIN_ARGS)
 	$(TRAIN_VENV)/bin/w2v similar $(QUERY) -k 3 --run $(RUN) --skip-unknown
 

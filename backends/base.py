@@ -4,7 +4,8 @@ A backend holds only what is framework-specific: arrays and devices, the embeddi
 `skip_gram`, the masked loss, autodiff, the optimiser step and compilation. Everything else
 (data, epochs, metrics, export) lives once in `common/`.
 
-The objective, identical everywhere (design.md):
+The objective, identical everywhere (written out, with its gradient, in the NumPy oracle
+`backends/numpy/model.py`):
     pred = skip_gram(centers, contexts_negatives).reshape(B, L)
     per_example = sum(mask * bce(pred, label), axis=1) / max(sum(mask, axis=1), 1)
     loss = per_example.sum()          # the optimised quantity, as in the chapter's PyTorch tab
@@ -20,12 +21,13 @@ from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 import numpy as np
 
 from common.batching import Batch
+# chapter: the chapter's formulation through the framework's own autodiff and stock optimiser
+# (`model.py`); fast: the tuned step (`fast.py`: same figures, any means). Both train every
+# backend and keep the same state, so a run may switch between them.
+from common.config import STEPS
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-# chapter: the chapter's formulation through the framework's own autodiff and stock optimiser;
-# fast: the tuned step (same figures, any means). Both train every backend.
-STEPS = ("chapter", "fast")
 
 
 class Params(NamedTuple):
@@ -109,8 +111,14 @@ class Backend(abc.ABC):
         """Device -> host."""
 
     def losses_to_numpy(self, losses: list[Any]) -> np.ndarray:
-        """Many device scalars -> one float64 host array (one sync; backends may batch it)."""
-        return np.array([float(self.to_numpy(x)) for x in losses], dtype=np.float64)
+        """Many device scalars -> one float64 host array (one sync where `stack_losses` is)."""
+        if not losses:
+            return np.zeros(0, dtype=np.float64)
+        return np.asarray(self.stack_losses(losses), dtype=np.float64).reshape(len(losses))
+
+    def stack_losses(self, losses: list[Any]) -> np.ndarray:
+        """A non-empty list of device scalars -> a host array; backends stack on the device."""
+        return np.array([float(self.to_numpy(x)) for x in losses])
 
     # -- the model --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -146,6 +154,16 @@ class Backend(abc.ABC):
         expected = (self.vocab_size, self.embed_size)
         if np.shape(table) != expected:
             raise DataError(f"{what} has shape {np.shape(table)}, this model needs {expected}")
+
+    def _check_params(self, params: Params) -> None:
+        """`set_params`' check, before anything is replaced: both tables (V, E)."""
+        for table in params:
+            self._check_shape(table, "parameter table")
+
+    def _check_adam_state(self, state: AdamState) -> None:
+        """`load_optimizer_state`'s check, before anything is replaced: four (V, E) moments."""
+        for table in (*state.exp_avg, *state.exp_avg_sq):
+            self._check_shape(table, "optimizer state")
 
     # -- training ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -211,15 +229,19 @@ class Backend(abc.ABC):
     def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine top-k over the centre table for each query, the query itself left out.
 
-        (Q,) ids -> (Q, k) ids, (Q, k) similarities. Uses the chapter's `+ 1e-9`.
-        Backends override it with their framework's native top-k.
+        (Q,) ids -> (Q, k) ids, (Q, k) similarities: the chapter's `get_similar_tokens`, with
+        its `+ 1e-9`, for Q queries at once. Written once, on the host: a (Q, V) product is
+        tiny next to training, and one implementation ranks ties alike in every backend.
         """
         table = self.get_params().center.astype(np.float32)
-        queries = table[query_ids]
-        cos = (queries @ table.T) / np.sqrt(
-            (table * table).sum(1)[None, :] * (queries * queries).sum(1)[:, None] + 1e-9)
+        query_ids = np.asarray(query_ids, dtype=np.int64)
+        queries = table[query_ids]                                               # (Q, E)
+        norms = (table * table).sum(1)[None, :] * (queries * queries).sum(1)[:, None]
+        cos = (queries @ table.T) / np.sqrt(norms + 1e-9)                        # (Q, V)
+        # The chapter takes the top k+1 and drops the first, assuming it is the query; masking
+        # the query is exact even when another word ties with it.
         cos[np.arange(len(query_ids)), query_ids] = -np.inf
-        top = np.argsort(-cos, axis=1, kind="stable")[:, :k]
+        top = np.argsort(-cos, axis=1, kind="stable")[:, :min(k, self.vocab_size)]
         return top, np.take_along_axis(cos, top, axis=1)
 
 

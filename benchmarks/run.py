@@ -36,7 +36,6 @@ THROUGHPUT = RESULTS / "throughput.jsonl"
 QUALITY = RESULTS / "quality.jsonl"
 DEVICES = RESULTS / "devices.json"
 STEPS = ("throughput", "scaling", "quality", "pipeline", "peer")
-MAIN_ONLY = ("pipeline", "peer")
 
 
 def _run(command: list[str], *, lock: bool = True) -> int:
@@ -85,9 +84,10 @@ def step_throughput(names: list[str], found: dict[str, list[str]], repeats: int,
     status = 0
     for name in names:
         for device in found[name]:
-            status |= _run([sys.executable, "-m", "benchmarks.throughput", "--backend", name,
-                            "--device", device, "--repeats", str(repeats), "--out",
-                            str(THROUGHPUT), *data])
+            for step in ("chapter", "fast"):
+                status |= _run([sys.executable, "-m", "benchmarks.throughput", "--backend",
+                                name, "--device", device, "--step", step, "--repeats",
+                                str(repeats), "--out", str(THROUGHPUT), *data])
         if not any(device.startswith("gpu") for device in found[name]):
             print(f"{name}: no GPU on this machine (it offers {', '.join(found[name])}); "
                   f"`--device gpu` says so and exits 2")

@@ -2,6 +2,7 @@
 
     python -m benchmarks.throughput --backend torch --device cpu [--data ptb.zip] [--repeats 3]
     python -m benchmarks.throughput --backend jax --batch-size 2048 --timed-words 120000
+    python -m benchmarks.throughput --backend torch --step chapter   # the chapter's step
 
 Warm-up (compilation, first-touch allocation) is timed apart from the steady state: the
 first `--warmup-steps` steps run and are synchronised before the clock starts. Then
@@ -41,7 +42,8 @@ def device_model(device: str) -> str:
 
 
 def load_data(backend_class: Any, device: str, *, data_path: str | None, batch_size: int,
-              embed_size: int, optimizer: str, seed: int = 0) -> tuple[Any, Any]:
+              embed_size: int, optimizer: str, step: str = "fast",
+              seed: int = 0) -> tuple[Any, Any]:
     """The chapter's config with these sizes, and PTB's static epochs shaped for the backend."""
     from common.config import TrainConfig
     from common.data import prepare_training_data
@@ -49,7 +51,7 @@ def load_data(backend_class: Any, device: str, *, data_path: str | None, batch_s
     backend_class.check_device(device)
     config = TrainConfig(backend=backend_class.name, device=device, corpus="ptb", data=data_path,
                          batch_size=batch_size, embed_size=embed_size, optimizer=optimizer,
-                         seed=seed).validate()
+                         step=step, seed=seed).validate()
     data = prepare_training_data(config, fixed_shapes=backend_class.fixed_shapes,
                                  log=lambda line: None)
     return config, data
@@ -62,7 +64,7 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
     from common.training import real_examples, step_groups
 
     backend = backend_class(len(data.vocab), config.embed_size, lr=config.lr, device=device,
-                            seed=config.seed, optimizer=config.optimizer)
+                            seed=config.seed, optimizer=config.optimizer, step=config.step)
     # Steps go in groups of `steps_per_call`, as the epoch driver hands them to the backend.
     group_size = backend_class.steps_per_call
     started = time.perf_counter()
@@ -97,6 +99,7 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
         "backend": backend_class.name,
         "framework_version": backend_class.version(),
         "optimizer": config.optimizer,
+        "step": config.step,
         "steps_per_call": group_size,
         "device": backend.device,
         "device_model": device_model(backend.device),
@@ -120,20 +123,23 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
 
 def measure(backend_name: str, device: str, *, data_path: str | None, repeats: int,
             warmup_steps: int, batch_size: int, embed_size: int, optimizer: str,
-            timed_words: int | None = None, seed: int = 0) -> dict[str, Any]:
+            step: str = "fast", timed_words: int | None = None,
+            seed: int = 0) -> dict[str, Any]:
     """Load the backend and PTB, then `measure_backend`; the record carries machine facts."""
     import backends
 
     backend_class = backends.load(backend_name)
     config, data = load_data(backend_class, device, data_path=data_path, batch_size=batch_size,
-                             embed_size=embed_size, optimizer=optimizer, seed=seed)
+                             embed_size=embed_size, optimizer=optimizer, step=step,
+                             seed=seed)
     return machine.stamp(measure_backend(backend_class, device, config, data, repeats=repeats,
                                          warmup_steps=warmup_steps, timed_words=timed_words))
 
 
 def summary(row: dict[str, Any]) -> str:
     """One readable line of a record."""
-    return (f"{row['backend']} {row['framework_version']} ({row['optimizer']}) on "
+    return (f"{row['backend']} {row['framework_version']} ({row.get('step', 'fast')} step, "
+            f"{row['optimizer']}) on "
             f"{row['device']}, B={row['batch_size']} E={row['embed_size']}: "
             f"{row['centre_words_per_second']:,.0f} centre words/s "
             f"(min {row['centre_words_per_second_min']:,.0f}, max "
@@ -147,6 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed regions (median reported)")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--step", default="fast", choices=("chapter", "fast"),
+                        help="the chapter's step (framework autodiff) or the tuned one")
 
 
 @machine.script("throughput")
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --timed-words must be positive, --warmup-steps >= 0")
     row = measure(args.backend, args.device, data_path=args.data, repeats=args.repeats,
                   warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-                  embed_size=args.embed_size, optimizer=args.optimizer,
+                  embed_size=args.embed_size, optimizer=args.optimizer, step=args.step,
                   timed_words=args.timed_words)
     print(summary(row))
     print(json.dumps(row, sort_keys=True))

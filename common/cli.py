@@ -65,7 +65,7 @@ def _comma_list(kind: type) -> Any:
 
 
 # What `--resume` may change: how long to train and where; the rest is the run's own.
-RESUME_OVERRIDES = ("epochs", "backend", "device")
+RESUME_OVERRIDES = ("epochs", "backend", "device", "step")
 
 
 def _given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--resume", metavar="RUN", default=None,
                        help="continue an interrupted run from its checkpoint (exactly where it "
-                            "stopped); may raise --epochs, change --backend/--device")
+                            "stopped); may raise --epochs, change --backend/--device/--step")
 
     similar = commands.add_parser("similar", help="nearest words by cosine similarity")
     similar.add_argument("words", nargs="+", help="query word(s)")
@@ -160,9 +160,9 @@ def command_train(args: argparse.Namespace) -> int:
         names = [f"--{name.replace('_', '-')}" for name in fixed]
         names += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
         raise ConfigError(f"{', '.join(names)} cannot be given with --resume: a resumed run "
-                          f"keeps its config.json (only --epochs, --backend and --device)")
+                          f"keeps its config.json (only --epochs, --backend, --device and --step)")
     resume_run(args.resume, epochs=given.get("epochs"), backend=given.get("backend"),
-               device=given.get("device"), progress=progress, queries=args.query)
+               device=given.get("device"), step=given.get("step"), progress=progress, queries=args.query)
     return 0
 
 

@@ -6,7 +6,6 @@ so a new hyperparameter is added here once and appears everywhere.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,8 @@ SAMPLING_MODES = ("static", "resample")
 OPTIMIZERS = ("adam", "sparse_adam")
 LR_SCHEDULES = ("constant", "linear")
 MAX_EPOCHS = 1_000_000  # far beyond any run, and still an exact float and a small int64
+# What `--step` chooses; `backends.base` imports it from here (`common` imports no backend).
+STEPS = ("chapter", "fast")
 
 
 def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
@@ -64,6 +65,11 @@ class TrainConfig:
         metadata=_flag("adam: the chapter's dense Adam; sparse_adam: lazy rows (faster, differs)",
                        choices=OPTIMIZERS),
     )
+    step: str = field(
+        default="fast",
+        metadata=_flag("chapter: the chapter's code through the framework's own autodiff and "
+                       "Adam; fast: the tuned step (same figures)", choices=STEPS),
+    )
     seed: int = field(default=0, metadata=_flag("seed for sampling, shuffling and init"))
     corpus: str = field(
         default="auto",
@@ -97,15 +103,14 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
                               f"got {self.optimizer!r}")
+        if self.step not in STEPS:
+            raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {self.step!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

@@ -130,7 +130,7 @@ class _Session:
             f"epoch ({config.sampling} sampling)")
         self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.lr,
                                           device=config.device, seed=config.seed,
-                                          optimizer=config.optimizer)
+                                          optimizer=config.optimizer, step=config.step)
         # Over all epochs as configured: `--resume --epochs N` stretches what is left of it.
         self.backend.set_lr_schedule(config.lr_schedule,
                                      config.epochs * self.data.num_batches(0))
@@ -149,7 +149,10 @@ class _Session:
         state = self.backend.optimizer_state()
         runs.save_checkpoint(self.run, runs.Checkpoint(
             params.center, params.context, state.step, tuple(state.exp_avg),
-            tuple(state.exp_avg_sq), dict(result.state_dict(), valid_losses=self.valid_losses),
+            tuple(state.exp_avg_sq),
+            # The step that trained it, for the record: both keep the same state, so a resume
+            # may continue with either.
+            dict(result.state_dict(), valid_losses=self.valid_losses, step=self.config.step),
             self.vocab.digest()))
 
     def restore(self, checkpoint: runs.Checkpoint) -> TrainResult:
@@ -225,12 +228,13 @@ class _Session:
         params = self.backend.get_params()
         keyed = export_word2vec(self.run / runs.VECTORS, self.vocab.idx_to_token, params.center)
         report = result.to_dict()
-        report.update(backend=self.backend_class.name, corpus=self.data.corpus_name,
+        report.update(backend=self.backend_class.name, step=self.config.step,
+                      corpus=self.data.corpus_name,
                       framework_version=self.backend_class.version(),
                       valid_losses=self.valid_losses)
         runs.save_report(self.run, report)
         log = self.log
-        log(result.summary_line())
+        log(f"{result.summary_line()} ({self.backend_class.name}, {self.config.step} step)")
         log(f"  all-epoch mean loss {result.all_epochs_mean_loss:.3f} (the chapter's printed "
             f"figure, 0.410 on PTB); last epoch {result.last_epoch_mean_loss:.3f}")
         log(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "
@@ -278,7 +282,7 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
             session.backend.init_params(config.seed)
             session.replaces_folder = True  # config and vocab are written with the checkpoint
             log(f"training with {session.backend_class.name} {session.backend_class.version()} "
-                f"on {session.backend.device}, writing {run}")
+                f"on {session.backend.device} ({config.step} step), writing {run}")
             result = session.fit(None, on_epoch_end)
             return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
     except BaseException:
@@ -289,13 +293,14 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
 
 
 def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str | None = None,
-               device: str | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
+               device: str | None = None, step: str | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
                queries: Sequence[str] = (), evaluate_at_end: bool = True,
                on_epoch_end: Callable[[EpochContext], None] | None = None) -> TrainOutcome:
     """Continue the run in `run_arg` from its checkpoint.
 
     `epochs` may raise its total; `backend` and `device` may move it (the checkpoint is
-    framework-neutral), though only the same backend and device continue bit for bit.
+    framework-neutral), though only the same backend and device continue bit for bit; `step`
+    may switch between the chapter's and the tuned step (both keep the same state).
     """
     import backends
 
@@ -314,6 +319,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             config.backend = backends.canonical(backend)
         if device is not None:
             config.device = device
+        if step is not None:
+            config.step = step
         config.validate()
         saved_vocab = Vocab.load(run / runs.VOCAB)
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
@@ -345,6 +352,6 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
                  if done["epoch"] < config.epochs else
                  f"after all {config.epochs} epochs, to export its vectors")
         log(f"resuming {run} {where}, with {session.backend_class.name} "
-            f"{session.backend_class.version()} on {session.backend.device}")
+            f"{session.backend_class.version()} on {session.backend.device} ({config.step} step)")
         result = session.fit(result, on_epoch_end)
         return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)

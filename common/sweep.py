@@ -25,8 +25,9 @@ from common.io import write_json, write_jsonl, write_text
 GRID, ROWS, TABLE, PLOT, LOG = "sweep.json", "sweep.jsonl", "sweep.tsv", "sweep.png", "train.log"
 # Fields a sweep holds fixed: it compares settings of one backend on one corpus.
 SINGLE_VALUED = ("backend", "device", "corpus", "data")
-# What is not a hyperparameter: left out when asking whether a point is the chapter's.
-_NOT_HYPERPARAMETERS = SINGLE_VALUED + ("seed",)
+# What is not a hyperparameter: left out when asking whether a point is the chapter's (both
+# steps compute the same figures).
+_NOT_HYPERPARAMETERS = SINGLE_VALUED + ("seed", "step")
 SORT_KEYS = {"wordsim353": True, "simlex999": True, "analogies": True,  # True: higher is better
              "valid_loss": False, "seconds": False}
 METRICS = ("valid_loss", "wordsim353", "wordsim353_pairs", "simlex999", "simlex999_pairs",

@@ -13,39 +13,8 @@ from pathlib import Path
 import pytest
 
 import backends
-
-_RAN: set[str] = set()
-_SKIPPED: dict[str, str] = {}
-
-
-def _required() -> set[str]:
-    """Backends this environment must run.
-
-    `W2V_REQUIRE_BACKENDS` is `all`, `env:main` / `env:mxnet` (every backend the registry
-    places in that Makefile environment, plus the NumPy reference, which runs everywhere), or
-    a comma-separated list of names.
-    """
-    value = os.environ.get("W2V_REQUIRE_BACKENDS", "").strip()
-    if not value:
-        return set()
-    if value == "all":
-        return set(backends.names())
-    if value.startswith("env:"):
-        hosted = {n for n in backends.names() if backends.environment(n) == value[4:]}
-        return hosted | {"numpy"}
-    return {backends.canonical(name) for name in value.split(",") if name.strip()}
-
-
-def require_backend(name: str) -> None:
-    """Skip (or fail, when required) if `name` cannot load here; record that it ran."""
-    reason = backends.missing(name)
-    if reason:
-        if name in _required():
-            pytest.fail(f"required backend unavailable: {reason}")
-        _SKIPPED[name] = reason
-        pytest.skip(reason)
-    _RAN.add(name)
-
+from backends.base import STEPS
+from helpers import RAN, SKIPPED, require_backend, required_backends
 
 @pytest.fixture(params=backends.names())
 def backend_name(request: pytest.FixtureRequest) -> str:
@@ -61,21 +30,10 @@ def framework_backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def tiny_corpus(tmp_path: Path) -> Path:
-    """A small text corpus with clear topics: 400 sentences, 3,200 centre words at t=1.
-
-    3,200 is no multiple of 60 or 64, so small batch sizes leave a short last batch to pad.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    topics = [["chip", "intel", "processor", "computer", "memory"],
-              ["bank", "money", "loan", "credit", "interest"],
-              ["president", "election", "vote", "senate", "party"]]
-    lines = [" ".join(rng.choice(topics[rng.integers(3)], size=8)) for _ in range(400)]
-    path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+@pytest.fixture(params=STEPS)
+def step(request: pytest.FixtureRequest) -> str:
+    """Each training step: the chapter's (framework autodiff and Adam) and the tuned one."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -91,20 +49,20 @@ def ptb_data() -> Path:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     env = Path(sys.prefix).name
-    ran_file = os.environ.get("W2V_RAN_FILE")
+    ran_file = os.environ.get("W2VRAN_FILE")
     if ran_file:
-        Path(ran_file).write_text(", ".join(sorted(_RAN)) + "\n", encoding="utf-8")
-    never_ran = _required() - _RAN
+        Path(ran_file).write_text(", ".join(sorted(RAN)) + "\n", encoding="utf-8")
+    never_ran = required_backends() - RAN
     if never_ran:
         terminalreporter.write_line(f"required backends that no test ran: {sorted(never_ran)}")
     terminalreporter.write_line(
         f"backends run in {env} (python {sys.version.split()[0]}): "
-        f"{', '.join(sorted(_RAN)) or 'none'}")
-    for name, reason in sorted(_SKIPPED.items()):
+        f"{', '.join(sorted(RAN)) or 'none'}")
+    for name, reason in sorted(SKIPPED.items()):
         terminalreporter.write_line(f"backend skipped in {env}: {name}: {reason}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # A required backend that no test exercised is a gap in CI, not a pass.
-    if exitstatus == 0 and _required() - _RAN:
+    if exitstatus == 0 and required_backends() - RAN:
         session.exitstatus = 1

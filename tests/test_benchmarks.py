@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ def test_gensim_peer_times_training_apart_and_counts_effective_words():
     pytest.importorskip("gensim")
     from benchmarks.peer import CHAPTER, train_gensim
 
+    started = time.perf_counter()
     result = train_gensim(_sentences(), workers=1, epochs=2, min_count=1, vector_size=8)
+    wall = time.perf_counter() - started
     assert result.params["sg"] == CHAPTER["sg"] == 1 and result.params["negative"] == 5
     assert result.params["vector_size"] == 8 and result.params["epochs"] == 2
     raw = sum(map(len, _sentences())) * 2
@@ -36,7 +39,10 @@ def test_gensim_peer_times_training_apart_and_counts_effective_words():
     # Subsampling (t = 1e-4 on a tiny corpus) keeps only a part of the words.
     assert 0 < result.effective_words < raw
     assert result.train_seconds > 0 and result.vocab_seconds > 0
-    assert result.words_per_second == result.effective_words / result.train_seconds
+    # Training alone is timed: the vocabulary pass is outside the rate, so the rate beats
+    # what the whole call's wall time would give, and both parts fit inside that wall time.
+    assert result.train_seconds + result.vocab_seconds <= wall
+    assert result.words_per_second > result.effective_words / wall
     assert result.keyed.vector_size == 8 and "w1" in result.keyed
     record = json.loads(json.dumps(result.record()))
     assert record["centre_words_per_second"] == pytest.approx(result.words_per_second)

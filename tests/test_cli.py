@@ -10,26 +10,11 @@ from pathlib import Path
 import pytest
 
 from common.cli import main
-from conftest import tiny_corpus
-
-
-def _train(tmp_path: Path, *extra: str, backend: str = "numpy") -> tuple[int, Path]:
-    run = tmp_path / "run"
-    code = main(["train", "--backend", backend, "--corpus", str(tiny_corpus(tmp_path)),
-                 "--min-freq", "1", "--epochs", "2", "--batch-size", "64", "--embed-size", "16",
-                 "--subsample-t", "1", "--out", str(run), "--no-progress", *extra])
-    return code, run
-
-
-def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("w2v: error: ")
-    return err[0]
+from helpers import error_line, tiny_corpus, train_tiny
 
 
 def test_train_writes_a_complete_run_folder(tmp_path, capsys, backend_name):
-    code, run = _train(tmp_path, backend=backend_name)
+    code, run = train_tiny(tmp_path, backend=backend_name)
     out = capsys.readouterr().out
     assert code == 0
     assert "tokens/sec on cpu" in out and "all-epoch mean loss" in out
@@ -56,10 +41,10 @@ def test_train_writes_a_complete_run_folder(tmp_path, capsys, backend_name):
 
 
 def test_similar_unknown_word_suggests_spellings(tmp_path, capsys):
-    _, run = _train(tmp_path)
+    _, run = train_tiny(tmp_path)
     capsys.readouterr()
     assert main(["similar", "chipp", "--run", str(run)]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "'chipp' is not in the vocabulary" in line and "chip" in line
 
 
@@ -80,38 +65,38 @@ def test_similar_unknown_word_suggests_spellings(tmp_path, capsys):
     (["--batch-size", "100000"], "larger than the data"),
 ])
 def test_bad_train_flags_are_one_line_errors(tmp_path, capsys, flags, fragment):
-    code, run = _train(tmp_path, *flags)
+    code, run = train_tiny(tmp_path, *flags)
     assert code == 2
-    assert fragment in _error_line(capsys)
+    assert fragment in error_line(capsys)
 
 
 def test_existing_output_folder_needs_overwrite(tmp_path, capsys):
-    assert _train(tmp_path)[0] == 0
+    assert train_tiny(tmp_path)[0] == 0
     capsys.readouterr()
-    assert _train(tmp_path)[0] == 2
-    assert "pass --overwrite" in _error_line(capsys)
-    assert _train(tmp_path, "--overwrite")[0] == 0
+    assert train_tiny(tmp_path)[0] == 2
+    assert "pass --overwrite" in error_line(capsys)
+    assert train_tiny(tmp_path, "--overwrite")[0] == 0
 
 
 def test_run_folder_that_is_not_one(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["similar", "chip", "--run", str(tmp_path / "empty")]) == 2
-    assert "is not a run folder" in _error_line(capsys)
+    assert "is not a run folder" in error_line(capsys)
     assert main(["similar", "chip", "--run", str(tmp_path / "absent")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in error_line(capsys)
 
 
 def test_missing_corpus_file_is_one_line(tmp_path, capsys):
     code = main(["train", "--backend", "numpy", "--corpus", str(tmp_path / "nope.txt"),
                  "--out", str(tmp_path / "run")])
     assert code != 0
-    assert "nope.txt" in _error_line(capsys)
+    assert "nope.txt" in error_line(capsys)
 
 
 def test_backend_flag_reads_environment_and_aliases(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("W2V_BACKEND", "theano")
     code = main(["train", "--corpus", str(tiny_corpus(tmp_path)), "--out", str(tmp_path / "r")])
-    assert code == 2 and "unknown backend 'theano'" in _error_line(capsys)
+    assert code == 2 and "unknown backend 'theano'" in error_line(capsys)
 
 
 def test_backends_command_lists_every_backend(capsys):
@@ -144,7 +129,7 @@ def test_backend_not_installed_names_the_install_command(tmp_path, capsys, monke
     code = main(["train", "--backend", "pytorch", "--corpus", str(tiny_corpus(tmp_path)),
                  "--out", str(tmp_path / "r")])
     assert code == 2
-    assert "pip install -e '.[torch]'" in _error_line(capsys)
+    assert "pip install -e '.[torch]'" in error_line(capsys)
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
@@ -154,14 +139,14 @@ def test_corpus_without_pairs_is_one_line(tmp_path, capsys):
     code = main(["train", "--backend", "numpy", "--corpus", str(lonely), "--min-freq", "1",
                  "--out", str(tmp_path / "r")])
     assert code != 0
-    assert "yields no centre/context pair" in _error_line(capsys)
+    assert "yields no centre/context pair" in error_line(capsys)
 
 
 def test_resample_mode_trains_and_differs_from_static(tmp_path, capsys):
-    code, run = _train(tmp_path, "--sampling", "resample")
+    code, run = train_tiny(tmp_path, "--sampling", "resample")
     assert code == 0
     resampled = json.loads((run / "report.json").read_text())["all_epochs_mean_loss"]
-    code, run = _train(tmp_path, "--overwrite")
+    code, run = train_tiny(tmp_path, "--overwrite")
     assert code == 0
     static = json.loads((run / "report.json").read_text())["all_epochs_mean_loss"]
     assert resampled != static and abs(resampled - static) < 0.1

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from common import corpus
-from common.corpus import Corpus, has_split, load_corpus, ptb_path, read_ptb, sha1_of
-from common.errors import ChecksumError, ConfigError, DataError, DownloadError, W2VError
+from common.corpus import has_split, load_corpus, ptb_path, read_ptb, sha1_of
+from common.errors import ChecksumError, ConfigError, DataError, DownloadError
 
 SPLIT_TEXT = {
     "train": " the cat sat \n on the mat \n\n the end \n",
@@ -375,9 +375,22 @@ def test_splits(tmp_path, isolated):
     assert "exists only for PTB" in one_line(error)
 
 
-def test_errors_are_w2v_errors():
-    assert issubclass(DownloadError, DataError) and issubclass(ChecksumError, W2VError)
-    assert Corpus("x", [["a"]], "y").sentences == [["a"]]
+@pytest.mark.parametrize("case", ["checksum", "download"])
+def test_corpus_errors_reach_the_cli_as_one_line(case, tmp_path, isolated, capsys):
+    """A wrong PTB zip (ChecksumError) and an unreachable download (DownloadError) end
+    `w2v train` with their one line and a non-zero code, before anything is written."""
+    from common.cli import main
+
+    if case == "checksum":
+        data, fragment = ["--data", str(write(tmp_path / "my.zip", FAKE))], "sha1"
+    else:
+        data, fragment = [], "could not download"
+    code = main(["train", "--backend", "numpy", "--corpus", "ptb", *data,
+                 "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("w2v: error: "), err
+    assert fragment in err[0]
+    assert not list((tmp_path / "run").glob("*"))  # no config or checkpoint passes for a run
 
 
 # --- the real PTB (W2V_PTB) ---------------------------------------------------------------------

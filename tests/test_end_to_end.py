@@ -1,45 +1,67 @@
-"""The chapter reproduced on PTB, per backend: 5 epochs, its hyperparameters, its figures.
+"""The chapter reproduced on PTB, per backend and step: 5 epochs, its hyperparameters, its figures.
 
-Marked slow; CI runs it on the shared PTB copy (`W2V_PTB`). Each backend trains once per
-session (a module-scoped run) and several tests read the result.
+Marked slow; CI runs it on the shared PTB copy (`W2V_PTB`). Each (backend, step) trains once
+per session and several tests read the result. Both steps of every backend must land on the
+same epoch losses: the figures below, the one place they are written.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.cli import main
 
 pytestmark = pytest.mark.slow
 
-_RUNS: dict[str, tuple[Path, str]] = {}
+# PTB's five epoch losses with the chapter's settings and seed 0, and their all-epoch mean
+# (the chapter's printed "loss 0.410"). Every backend and step reproduces them to float32
+# summation order; they change only when the data pipeline's random stream does.
+EPOCH_LOSSES = (0.480, 0.427, 0.404, 0.380, 0.360)
+ALL_EPOCHS_MEAN_LOSS = 0.410
+# Half a unit of the third decimal, plus what float32 summation order moves over 5 epochs.
+LOSS_TOLERANCE = 0.0015
+
+_RUNS: dict[tuple[str, str], tuple[Path, str]] = {}
+
+
+def _numpy_scatter_is_unbuffered(backend_name: str, step: str) -> bool:
+    """NumPy < 1.25's `np.add.at` loops in Python-speed C, making the oracle's PTB run take
+    about 7 minutes; the environment with NumPy 2 runs the same code in 2."""
+    return backend_name == "numpy" and step == "chapter" and \
+        tuple(int(part) for part in np.__version__.split(".")[:2]) < (1, 25)
 
 
 @pytest.fixture
-def chapter_run(backend_name: str, ptb_data: Path, tmp_path_factory: pytest.TempPathFactory,
+def chapter_run(backend_name: str, step: str, ptb_data: Path,
+                tmp_path_factory: pytest.TempPathFactory,
                 capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
-    """Train with the chapter's defaults once per backend; return (run folder, stdout)."""
-    if backend_name not in _RUNS:
-        run = tmp_path_factory.mktemp(f"ptb-{backend_name}") / "run"
-        code = main(["train", "--backend", backend_name, "--corpus", "ptb", "--data",
-                     str(ptb_data), "--out", str(run), "--no-progress"])
+    """Train with the chapter's defaults once per (backend, step); (run folder, stdout)."""
+    if _numpy_scatter_is_unbuffered(backend_name, step):
+        pytest.skip("numpy's chapter step runs PTB in the NumPy 2 environment (np.add.at "
+                    f"is unbuffered in NumPy {np.__version__})")
+    if (backend_name, step) not in _RUNS:
+        run = tmp_path_factory.mktemp(f"ptb-{backend_name}-{step}") / "run"
+        code = main(["train", "--backend", backend_name, "--step", step, "--corpus", "ptb",
+                     "--data", str(ptb_data), "--out", str(run), "--no-progress"])
         out = capsys.readouterr().out
         assert code == 0, out
-        _RUNS[backend_name] = (run, out)
-    return _RUNS[backend_name]
+        _RUNS[backend_name, step] = (run, out)
+    return _RUNS[backend_name, step]
 
 
-def test_chapter_loss_and_monotone_epochs(chapter_run):
+def test_chapter_epoch_losses(chapter_run, step):
     run, out = chapter_run
     report = json.loads((run / "report.json").read_text())
-    # The chapter prints loss 0.410: the mean over all five epochs' batches.
-    assert 0.40 <= report["all_epochs_mean_loss"] <= 0.42, report["all_epochs_mean_loss"]
     losses = [epoch["mean_loss"] for epoch in report["epochs"]]
-    assert len(losses) == 5
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
-    assert "tokens/sec on cpu" in out
+    np.testing.assert_allclose(losses, EPOCH_LOSSES, rtol=0, atol=LOSS_TOLERANCE)
+    # The chapter prints loss 0.410: the mean over all five epochs' batches.
+    assert report["all_epochs_mean_loss"] == pytest.approx(ALL_EPOCHS_MEAN_LOSS,
+                                                           abs=LOSS_TOLERANCE)
+    assert report["step"] == step
+    assert "tokens/sec on cpu" in out and f"{step} step)" in out
 
 
 def test_vectors_load_in_gensim_with_sensible_neighbours(chapter_run):

@@ -65,9 +65,9 @@ def test_cli_evaluate_and_analogy(tmp_path, capsys):
     import json
 
     from common.cli import main
-    from tests.test_cli import _error_line, _train
+    from helpers import error_line, train_tiny
 
-    code, run = _train(tmp_path)
+    code, run = train_tiny(tmp_path)
     assert code == 0
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--json"]) == 0
@@ -77,7 +77,7 @@ def test_cli_evaluate_and_analogy(tmp_path, capsys):
     assert main(["analogy", "chip", "intel", "money", "-k", "2", "--run", str(run)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["analogy", "chip", "intel", "monye", "--run", str(run)]) == 2
-    assert "did you mean money" in _error_line(capsys)
+    assert "did you mean money" in error_line(capsys)
 
 
 def test_in_memory_vectors_leave_out_unk_and_keep_the_order():
@@ -101,6 +101,14 @@ def test_no_covered_question_has_no_accuracy(tmp_path):
 def test_quality_plot_is_written(tmp_path):
     from common.plotting import plot_quality_vs_seconds
 
-    path = plot_quality_vs_seconds({"a": [[(1.0, 0.1), (2.0, 0.3)], [(1.2, 0.2)]], "b": [[(1.5, 0.2)]]},
-                                   tmp_path / "q.png", target=0.39, budget=15)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    curves = {"a": [[(1.0, 0.1), (2.0, 0.3)], [(1.2, 0.2)]], "b": [[(1.5, 0.2)]]}
+    path = plot_quality_vs_seconds(curves, tmp_path / "q.png", target=0.39, budget=15)
+    image = matplotlib.image.imread(path)  # raises on a file that is no PNG
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.01  # something is drawn, not a blank canvas
+    # The curves are drawn from the data: other figures give another image.
+    other = plot_quality_vs_seconds({"a": [[(1.0, 0.05), (2.0, 0.35)]]}, tmp_path / "o.png",
+                                    target=0.39, budget=15)
+    assert not np.array_equal(matplotlib.image.imread(other), image)

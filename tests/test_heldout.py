@@ -13,8 +13,7 @@ from backends.numpy import model as reference
 from common.config import TrainConfig
 from common.heldout import HeldOut
 from common.vocab import Vocab
-from tests.conftest import tiny_corpus
-from tests.test_parity import EMBED, VOCAB, make_batch
+from helpers import EMBED, VOCAB, make_batch, tiny_corpus, tiny_ptb
 
 
 def _state(backend: Backend) -> list[np.ndarray]:
@@ -52,17 +51,6 @@ def test_the_default_eval_loss_agrees_with_the_override():
     assert default == pytest.approx(float(backend.eval_loss(batch)), rel=1e-6)
 
 
-def _tiny_ptb(tmp_path: Path) -> Path:
-    """A folder in PTB's layout: the tiny corpus as train, a fresh draw of it as valid."""
-    folder = tmp_path / "ptb"
-    folder.mkdir()
-    lines = tiny_corpus(tmp_path).read_text(encoding="utf-8").splitlines()
-    (folder / "ptb.train.txt").write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
-    (folder / "ptb.valid.txt").write_text("\n".join(lines[300:] + ["zebra unicorn chip"]) + "\n",
-                                          encoding="utf-8")
-    return folder
-
-
 def _config(folder: Path, **overrides: object) -> TrainConfig:
     values = dict(corpus="ptb", data=str(folder), min_freq=1, batch_size=64, embed_size=8,
                   subsample_t=1.0, epochs=2, backend="numpy")
@@ -70,7 +58,7 @@ def _config(folder: Path, **overrides: object) -> TrainConfig:
 
 
 def test_heldout_is_fixed_and_equal_under_fixed_shapes(tmp_path):
-    folder = _tiny_ptb(tmp_path)
+    folder = tiny_ptb(tmp_path)
     config = _config(folder)
     vocab = Vocab([line.split() for line in
                    (folder / "ptb.train.txt").read_text(encoding="utf-8").splitlines()],
@@ -103,7 +91,7 @@ def test_training_reports_the_validation_loss_every_epoch(tmp_path):
     from common.session import train_run
 
     lines: list[str] = []
-    outcome = train_run(_config(_tiny_ptb(tmp_path), epochs=3), tmp_path / "run",
+    outcome = train_run(_config(tiny_ptb(tmp_path), epochs=3), tmp_path / "run",
                         log=lines.append, progress=False, evaluate_at_end=False)
     losses = outcome.valid_losses
     assert len(losses) == 3 and all(np.isfinite(losses))

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_backend
-from test_parity import EMBED, VOCAB, make_batch
+from helpers import EMBED, VOCAB, make_batch, require_backend
 
 import backends
 from common.batching import Batch
@@ -50,19 +49,22 @@ def _training_data(tmp_path: Path, sampling: str):
                                          log=lambda line: None)
 
 
-def test_the_step_compiles_once_over_a_real_pipeline(tmp_path, monkeypatch):
+def test_the_step_compiles_once_over_a_real_pipeline(tmp_path, monkeypatch, step):
     from backends.jax import model
 
     traces = []
-    objective_of_rows = model.objective_of_rows
+    per_example_objective = model.per_example_objective
 
     def counting_objective(*arrays):  # runs only while jit traces the step
         traces.append(tuple(array.shape for array in arrays))
-        return objective_of_rows(*arrays)
+        return per_example_objective(*arrays)
 
-    monkeypatch.setattr(model, "objective_of_rows", counting_objective)
+    # Both steps reach it through the module's global (fast.py imported the name early).
+    monkeypatch.setattr(model, "per_example_objective", counting_objective)
+    from backends.jax import fast
+    monkeypatch.setattr(fast, "per_example_objective", counting_objective)
     config, data = _training_data(tmp_path, sampling="resample")
-    trainer = backends.load("jax")(len(data.vocab), config.embed_size, seed=0)
+    trainer = backends.load("jax")(len(data.vocab), config.embed_size, seed=0, step=step)
     batches = [batch for epoch in range(2) for batch in data.batches(epoch)]
     last = batches[-1]
     assert data.num_examples(1) % config.batch_size, "the last batch should need padding"
@@ -86,28 +88,23 @@ def test_the_step_compiles_once_over_a_real_pipeline(tmp_path, monkeypatch):
 def test_chunked_gradient_equals_autodiff_of_the_whole_objective(monkeypatch, batch_size,
                                                                    chunk_rows, chunks):
     """(13, 5): three chunks of 5 rows, two of them padding; (12, 100): one chunk."""
-    from flax import nnx
-
-    from backends.jax import backend as jax_backend
+    from backends.jax import fast
 
     batch = make_batch(np.random.default_rng(batch_size + chunk_rows), batch_size,
                        all_padding_row=True)
     slots = batch.masks.shape[1]
-    monkeypatch.setattr(jax_backend, "CHUNK_ELEMENTS", chunk_rows * slots * EMBED)
-    assert jax_backend.chunking(batch_size, slots, EMBED, chunked=True)[0] == chunks
-    trainer = backend()
-    loss, grads = trainer.loss_and_grads(batch)
-
-    graphdef, params = trainer._graphdef, trainer._params
-    autodiff_loss, autodiff_grads = jax.value_and_grad(
-        lambda p: nnx.merge(graphdef, p).objective(*batch))(params)
-    assert loss == pytest.approx(float(autodiff_loss), rel=1e-6)
-    for got, want in zip(grads, trainer._to_host(autodiff_grads)):
+    monkeypatch.setattr(fast, "CHUNK_ELEMENTS", chunk_rows * slots * EMBED)
+    assert fast.chunking(batch_size, slots, EMBED, chunked=True)[0] == chunks
+    loss, grads = backend(step="fast").loss_and_grads(batch)
+    # The chapter step: jax.value_and_grad of the module's whole objective.
+    autodiff_loss, autodiff_grads = backend(step="chapter").loss_and_grads(batch)
+    assert loss == pytest.approx(autodiff_loss, rel=1e-6)
+    for got, want in zip(grads, autodiff_grads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_parameter_and_optimizer_buffers_are_updated_in_place():
-    trainer = backend()
+def test_parameter_and_optimizer_buffers_are_updated_in_place(step):
+    trainer = backend(step=step)
     rng = np.random.default_rng(0)
     trainer.train_step(make_batch(rng))  # the first step may copy host-owned inputs
 
@@ -123,7 +120,7 @@ def test_parameter_and_optimizer_buffers_are_updated_in_place():
     assert all(leaf.is_deleted() for leaf in old_leaves)
 
 
-def test_adam_eps_sits_where_torch_puts_it():
+def test_adam_eps_sits_where_torch_puts_it(step):
     """Tables near 1e-7 give gradients near eps, where its placement decides the step.
 
     Measured after three steps: eps 1e-7 (Keras' default) moves parameters by 2e-5, eps
@@ -131,7 +128,7 @@ def test_adam_eps_sits_where_torch_puts_it():
     lr); the parity test's gradients are far above eps and cannot tell. The 1e-7 leaves room
     for Optax computing 1 - beta2^t in float32 (the reference, as torch, in float64).
     """
-    trainer, reference = backend(), backends.load("numpy")(VOCAB, EMBED, seed=3)
+    trainer, reference = backend(step=step), backends.load("numpy")(VOCAB, EMBED, seed=3)
     tiny = reference.get_params()._replace(center=reference.get_params().center * 1e-6,
                                            context=reference.get_params().context * 1e-6)
     trainer.set_params(tiny)

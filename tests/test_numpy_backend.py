@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require_backend
+from helpers import require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import backends
 from backends.base import AdamState, Params
-from backends.numpy import BACKEND, model
+from backends.numpy import BACKEND, fast, model
 from common.batching import Batch
 from common.errors import ConfigError, DataError, DeviceError
 
@@ -102,13 +102,18 @@ def test_bce_is_stable_for_huge_logits():
 
 
 # -- gradients ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("frequent_min_count", [1, 2, 10**6])
-def test_gradients_match_central_finite_differences(monkeypatch, frequent_min_count):
-    # Both paths of scatter_add: every key via reduceat (1), mixed (2), every key rare (10**6).
-    monkeypatch.setattr(model, "FREQUENT_KEY_MIN_COUNT", frequent_min_count)
+@pytest.mark.parametrize("gradients, frequent_min_count", [
+    (model.objective_and_gradients, None),  # the oracle (chapter step): np.add.at
+    # the fast step, both paths of its scatter_add: every key via reduceat (1), mixed (2),
+    # every key rare (10**6)
+    (fast.objective_and_gradients, 1), (fast.objective_and_gradients, 2),
+    (fast.objective_and_gradients, 10**6)])
+def test_gradients_match_central_finite_differences(monkeypatch, gradients, frequent_min_count):
+    if frequent_min_count is not None:
+        monkeypatch.setattr(fast, "FREQUENT_KEY_MIN_COUNT", frequent_min_count)
     batch = _tiny_batch()
     center, context = _tables()
-    loss, grads = model.objective_and_gradients(*batch, center, context)
+    loss, grads = gradients(*batch, center, context)
     assert float(loss) == pytest.approx(_objective(batch, center, context), rel=1e-13)
 
     step = 1e-6
@@ -139,11 +144,11 @@ def test_scatter_add_equals_np_add_at(seed, size, rows, frequent_min_count):
     expected = rng.normal(size=(rows, 5))
     out = expected.copy()
     np.add.at(expected, keys, weights[:, None] * table[sources])
-    model.FREQUENT_KEY_MIN_COUNT, saved = frequent_min_count, model.FREQUENT_KEY_MIN_COUNT
+    fast.FREQUENT_KEY_MIN_COUNT, saved = frequent_min_count, fast.FREQUENT_KEY_MIN_COUNT
     try:
-        model.scatter_add(out, keys, sources, weights, table)
+        fast.scatter_add(out, keys, sources, weights, table)
     finally:
-        model.FREQUENT_KEY_MIN_COUNT = saved
+        fast.FREQUENT_KEY_MIN_COUNT = saved
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -163,15 +168,17 @@ def test_backend_gradients_are_float32_and_match_the_float64_maths():
     np.testing.assert_array_equal(backend.get_params().center, center.astype(np.float32))
 
 
-def test_an_all_padding_row_contributes_nothing():
+@pytest.mark.parametrize("gradients", [model.objective_and_gradients,
+                                       fast.objective_and_gradients])
+def test_an_all_padding_row_contributes_nothing(gradients):
     batch = _tiny_batch()
     padded = Batch(*(np.concatenate([array, array[:1]]) for array in batch))
     padded.masks[-1] = 0
     padded.centers[-1] = 6  # a centre no other row uses: its gradient row must stay zero
     center, context = _tables()
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        loss, grads = model.objective_and_gradients(*padded, center, context)
-    reference_loss, reference = model.objective_and_gradients(*batch, center, context)
+        loss, grads = gradients(*padded, center, context)
+    reference_loss, reference = gradients(*batch, center, context)
     assert float(loss) == pytest.approx(float(reference_loss), rel=1e-13)
     np.testing.assert_allclose(grads.center, reference.center, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(grads.context, reference.context, rtol=1e-13, atol=1e-15)
@@ -179,7 +186,7 @@ def test_an_all_padding_row_contributes_nothing():
 
     everything_padded = Batch(batch.centers, batch.contexts_negatives,
                               np.zeros_like(batch.masks), batch.labels)
-    loss, grads = model.objective_and_gradients(*everything_padded, center, context)
+    loss, grads = gradients(*everything_padded, center, context)
     assert float(loss) == 0.0
     assert not grads.center.any() and not grads.context.any()
 
@@ -200,11 +207,11 @@ def test_xavier_uniform_bounds_and_spread():
 
 
 # -- Adam ---------------------------------------------------------------------------------------
-def test_first_adam_step_by_hand():
+def test_first_adam_step_by_hand(step):
     # After one step m = (1-b1) g, v = (1-b2) g^2; the bias corrections cancel them, so
     # p1 = p0 - lr * g / (|g| + eps): about lr * sign(g) where g != 0, no move where g == 0.
     batch = _tiny_batch(np.float32)
-    backend = _backend(lr=0.01)
+    backend = _backend(lr=0.01, step=step)
     before = backend.get_params()
     _, grads = backend.loss_and_grads(batch)
     backend.train_step(batch)
@@ -216,27 +223,27 @@ def test_first_adam_step_by_hand():
     assert np.array_equal(after.center[0], before.center[0])  # an untouched row
 
 
-def test_adam_follows_torch_formula_over_several_steps():
+def test_adam_follows_torch_formula_over_several_steps(step):
     batches = [_tiny_batch(np.float32),
                Batch(np.array([[0], [1], [6]], np.int32),
                      np.array([[2, 4, 0, 0], [3, 3, 5, 0], [1, 2, 4, 6]], np.int32),
                      np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], np.float32),
                      np.array([[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]], np.float32))]
-    backend = _backend(lr=0.05, seed=4)
+    backend = _backend(lr=0.05, seed=4, step=step)
     params = [p.astype(np.float64) for p in backend.get_params()]
     exp_avg = [np.zeros_like(p) for p in params]
     exp_avg_sq = [np.zeros_like(p) for p in params]
     beta1, beta2, eps, lr = 0.9, 0.999, 1e-8, 0.05
-    for step in range(1, 5):
-        batch = batches[step % 2]
+    for t in range(1, 5):
+        batch = batches[t % 2]
         _, grads = backend.loss_and_grads(batch)
         backend.train_step(batch)
         for index, grad in enumerate(grads):
             exp_avg[index] = beta1 * exp_avg[index] + (1 - beta1) * grad
             exp_avg_sq[index] = beta2 * exp_avg_sq[index] + (1 - beta2) * grad.astype(
                 np.float64) ** 2
-            denom = np.sqrt(exp_avg_sq[index]) / np.sqrt(1 - beta2 ** step) + eps
-            params[index] = params[index] - lr / (1 - beta1 ** step) * exp_avg[index] / denom
+            denom = np.sqrt(exp_avg_sq[index]) / np.sqrt(1 - beta2 ** t) + eps
+            params[index] = params[index] - lr / (1 - beta1 ** t) * exp_avg[index] / denom
         for mine, reference in zip(backend.get_params(), params):
             np.testing.assert_allclose(mine, reference, rtol=0, atol=2e-6)
     state = backend.optimizer_state()
@@ -302,11 +309,14 @@ def test_sparse_adam_is_a_config_error():
     assert str(error.value) == "the numpy backend offers only --optimizer adam"
 
 
-def test_registry_loads_the_numpy_backend():
+def test_registry_loads_the_numpy_backend_and_arrays_round_trip():
     assert backends.load("numpy") is BACKEND
-    assert BACKEND.name == "numpy" and BACKEND.framework == "numpy"
-    assert BACKEND.devices() == ["cpu"]
+    assert backends.missing("numpy") is None
     backend = _backend(device="cpu")
-    array = np.arange(3, dtype=np.float32)
-    assert backend.to_numpy(backend.asarray(array)).dtype == np.float32
-    assert backend.version() == np.__version__
+    for array in (np.arange(3, dtype=np.float32) / 3, np.arange(6, dtype=np.int32).reshape(2, 3)):
+        back = backend.to_numpy(backend.asarray(array))
+        assert back.dtype == array.dtype
+        np.testing.assert_array_equal(back, array)
+    assert backend.losses_to_numpy([]).shape == (0,)
+    losses = backend.losses_to_numpy([np.float32(0.5), np.float32(1.25)])
+    assert losses.dtype == np.float64 and losses.tolist() == [0.5, 1.25]

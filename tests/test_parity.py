@@ -1,7 +1,10 @@
-"""Every framework backend against the NumPy reference (`backends/numpy`), through the interface.
+"""Both steps of every backend against the NumPy oracle (`backends/numpy`, its chapter step).
 
-A backend joins these tests by being registered: `framework_backend` runs each one that is
-installed here. Tolerances are float32's: the backends sum in different orders.
+A backend joins these tests by being registered: `backend_name` runs each one that is
+installed here, and `step` each of its steps (`chapter`, the framework's own autodiff and
+Adam; `fast`, the tuned one), so all of them must give the oracle's numbers. NumPy's own fast
+step is checked against its chapter step the same way. Tolerances are float32's: the steps
+sum in different orders.
 """
 from __future__ import annotations
 
@@ -9,48 +12,22 @@ import numpy as np
 import pytest
 
 import backends
-from backends.base import Backend, Params, init_params_numpy
-from common.batching import Batch
+from backends.base import STEPS, Backend, init_params_numpy
 from common.errors import DeviceError
+from helpers import EMBED, VOCAB, assert_params_close, make_batch
 
-VOCAB, EMBED = 40, 6
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def make_batch(rng: np.random.Generator, batch_size: int = 12, *,
-               all_padding_row: bool = False) -> Batch:
-    """Random chapter-style batch: n_ctx contexts then 5 noise words per context, then padding.
-
-    A small vocabulary makes ids repeat within and across rows (the gradient must sum them).
-    """
-    num_contexts = rng.integers(1, 4, size=batch_size)
-    if all_padding_row:
-        num_contexts[-1] = 0  # as fixed-shape backends pad the last batch
-    lengths = 6 * num_contexts
-    slots = int(lengths.max())
-    position = np.arange(slots)[None, :]
-    masks = (position < lengths[:, None]).astype(np.float32)
-    labels = (position < num_contexts[:, None]).astype(np.float32)
-    ids = rng.integers(0, VOCAB, size=(batch_size, slots)).astype(np.int32)
-    ids[masks == 0] = 0
-    centers = rng.integers(0, VOCAB, size=(batch_size, 1)).astype(np.int32)
-    return Batch(centers, ids, masks, labels)
-
-
-def pair(name: str, seed: int = 0) -> tuple[Backend, Backend]:
-    """(framework backend, NumPy reference), both at init_params(seed)."""
-    return backends.load(name)(VOCAB, EMBED, seed=seed), backends.load("numpy")(VOCAB, EMBED,
-                                                                                seed=seed)
-
-
-def assert_params_close(actual: Params, expected: Params, **tolerance: float) -> None:
-    for got, want, table in zip(actual, expected, Params._fields):
-        np.testing.assert_allclose(got, want, err_msg=table, **tolerance)
+def pair(name: str, step: str, seed: int = 0) -> tuple[Backend, Backend]:
+    """(backend with `step`, the NumPy oracle), both at init_params(seed)."""
+    return (backends.load(name)(VOCAB, EMBED, seed=seed, step=step),
+            backends.load("numpy")(VOCAB, EMBED, seed=seed, step="chapter"))
 
 
 # -- the chapter's numbers and shapes --------------------------------------------------------
-def test_masked_loss_gives_the_chapters_numbers(framework_backend):
-    backend = backends.load(framework_backend)(20, 4)
+def test_masked_loss_gives_the_chapters_numbers(backend_name, step):
+    backend = backends.load(backend_name)(20, 4, step=step)
     pred = np.array([[1.1, -2.2, 3.3, -4.4]] * 2, np.float32)
     label = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
@@ -62,8 +39,8 @@ def test_masked_loss_gives_the_chapters_numbers(framework_backend):
     np.testing.assert_allclose(loss, reference, rtol=RTOL)
 
 
-def test_embed_and_skip_gram_shapes_as_in_the_chapter(framework_backend):
-    backend = backends.load(framework_backend)(20, 4)
+def test_embed_and_skip_gram_shapes_as_in_the_chapter(backend_name, step):
+    backend = backends.load(backend_name)(20, 4, step=step)
     table = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
     ids = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
     embedded = backend.to_numpy(backend.embed(backend.asarray(table), backend.asarray(ids)))
@@ -80,8 +57,8 @@ def test_embed_and_skip_gram_shapes_as_in_the_chapter(framework_backend):
 
 
 # -- the building blocks on seeded inputs ----------------------------------------------------
-def test_embed_skip_gram_and_masked_bce_match_numpy(framework_backend):
-    backend, reference = pair(framework_backend)
+def test_embed_skip_gram_and_masked_bce_match_numpy(backend_name, step):
+    backend, reference = pair(backend_name, step)
     rng = np.random.default_rng(1)
     center_table, context_table = init_params_numpy(VOCAB, EMBED, seed=3)
     batch = make_batch(rng)
@@ -105,7 +82,7 @@ def test_embed_skip_gram_and_masked_bce_match_numpy(framework_backend):
 
 
 def test_init_params_are_the_same_in_every_backend(framework_backend):
-    backend, reference = pair(framework_backend, seed=7)
+    backend, reference = pair(framework_backend, "fast", seed=7)
     assert_params_close(backend.get_params(), reference.get_params(), rtol=0, atol=0)
     backend.init_params(11)
     assert_params_close(backend.get_params(), init_params_numpy(VOCAB, EMBED, 11),
@@ -113,8 +90,8 @@ def test_init_params_are_the_same_in_every_backend(framework_backend):
 
 
 # -- gradients and training ------------------------------------------------------------------
-def test_loss_and_grads_match_numpy(framework_backend):
-    backend, reference = pair(framework_backend, seed=2)
+def test_loss_and_grads_match_numpy(backend_name, step):
+    backend, reference = pair(backend_name, step, seed=2)
     batch = make_batch(np.random.default_rng(2), all_padding_row=True)
     loss, grads = backend.loss_and_grads(batch)
     expected_loss, expected_grads = reference.loss_and_grads(batch)
@@ -126,8 +103,8 @@ def test_loss_and_grads_match_numpy(framework_backend):
     assert untouched.size and not np.any(grads.context[untouched])
 
 
-def test_train_steps_match_numpy(framework_backend):
-    backend, reference = pair(framework_backend, seed=4)
+def test_train_steps_match_numpy(backend_name, step):
+    backend, reference = pair(backend_name, step, seed=4)
     rng = np.random.default_rng(4)
     batches = [make_batch(rng), make_batch(rng, batch_size=7), make_batch(rng)]
     losses = [backend.train_step(batch) for batch in batches]
@@ -138,8 +115,8 @@ def test_train_steps_match_numpy(framework_backend):
     assert backend.optimizer_state().step == 3
 
 
-def test_optimizer_state_round_trip_resumes_exactly(framework_backend):
-    backend, reference = pair(framework_backend, seed=5)
+def test_optimizer_state_round_trip_resumes_exactly(backend_name, step):
+    backend, reference = pair(backend_name, step, seed=5)
     rng = np.random.default_rng(5)
     first, second, third = make_batch(rng), make_batch(rng), make_batch(rng)
     reference.train_step(first)
@@ -165,10 +142,11 @@ def test_optimizer_state_round_trip_resumes_exactly(framework_backend):
     assert_params_close(after.exp_avg_sq, expected_after.exp_avg_sq, rtol=RTOL, atol=1e-9)
 
 
-def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(framework_backend):
+def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(backend_name, step):
     """`--lr-schedule linear`: every backend gives step t the same rate, also after a resume
-    (the host's step count comes back with the optimiser state), in grouped calls too."""
-    backend, reference = pair(framework_backend, seed=7)
+    (the host's step count comes back with the optimiser state), in grouped calls too. The
+    resumed half runs the other step: both keep the same state, so a resume may switch."""
+    backend, reference = pair(backend_name, step, seed=7)
     constant = backends.load("numpy")(VOCAB, EMBED, seed=7)
     rng = np.random.default_rng(7)
     batches = [make_batch(rng) for _ in range(5)]
@@ -179,7 +157,8 @@ def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(framework
         reference.train_step(batch)
         constant.train_step(batch)
 
-    resumed = backends.load(framework_backend)(VOCAB, EMBED, seed=0)
+    other_step = next(other for other in STEPS if other != step)
+    resumed = backends.load(backend_name)(VOCAB, EMBED, seed=0, step=other_step)
     resumed.set_lr_schedule("linear", 5)
     resumed.set_params(backend.get_params())
     resumed.load_optimizer_state(backend.optimizer_state())
@@ -196,7 +175,7 @@ def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(framework
 
 # -- use -------------------------------------------------------------------------------------
 def test_similar_agrees_with_numpy(framework_backend):
-    backend, reference = pair(framework_backend, seed=6)
+    backend, reference = pair(framework_backend, "fast", seed=6)
     queries = np.array([0, 5, 17, 39])
     top, sims = backend.similar(queries, 5)
     expected_top, expected_sims = reference.similar(queries, 5)

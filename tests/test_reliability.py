@@ -19,17 +19,18 @@ import pytest
 
 from common import runs
 from common.cli import main
-from conftest import tiny_corpus
+from helpers import tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES_PER_EPOCH = 50  # tiny corpus: 3,200 centre words at t=1, batches of 64
 
 
-def _train_args(corpus: Path, run: Path, backend: str, epochs: int = 2) -> list[str]:
+def _train_args(corpus: Path, run: Path, backend: str, epochs: int = 2,
+                step: str = "fast") -> list[str]:
     return ["train", "--backend", backend, "--corpus", str(corpus), "--min-freq", "1",
             "--epochs", str(epochs), "--batch-size", "64", "--embed-size", "16",
-            "--subsample-t", "1", "--seed", "3", "--out", str(run), "--no-progress",
-            "--query"]
+            "--subsample-t", "1", "--seed", "3", "--step", step, "--out", str(run),
+            "--no-progress", "--query"]
 
 
 def _w2v(args: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -63,13 +64,13 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, backend_name):
+def test_interrupted_run_resumes_exactly(tmp_path, backend_name, step):
     corpus = tiny_corpus(tmp_path)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert main(_train_args(corpus, whole, backend_name)) == 0
+    assert main(_train_args(corpus, whole, backend_name, step=step)) == 0
 
     # Ctrl-C 70 batches in: in the middle of epoch 2 (50 batches an epoch).
-    interrupted = _w2v(_train_args(corpus, cut, backend_name),
+    interrupted = _w2v(_train_args(corpus, cut, backend_name, step=step),
                        W2V_INTERRUPT_AFTER_BATCHES="70")
     assert interrupted.returncode == 130, interrupted.stderr
     line = _one_error_line(interrupted.stderr)
@@ -124,11 +125,11 @@ def test_a_signal_from_outside_stops_at_a_batch_boundary_and_resumes(tmp_path):
     assert len(_figures(run)[1]) == 40
 
 
-def test_same_seed_gives_bit_identical_runs(tmp_path, backend_name):
+def test_same_seed_gives_bit_identical_runs(tmp_path, backend_name, step):
     corpus = tiny_corpus(tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(_train_args(corpus, first, backend_name)) == 0
-    assert main(_train_args(corpus, second, backend_name)) == 0
+    assert main(_train_args(corpus, first, backend_name, step=step)) == 0
+    assert main(_train_args(corpus, second, backend_name, step=step)) == 0
     _assert_same_run(first, second)
 
 

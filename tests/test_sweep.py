@@ -10,8 +10,7 @@ from common.cli import main
 from common.config import TrainConfig
 from common.errors import ConfigError
 from common.sweep import expand, is_chapter_default
-from tests.test_cli import _error_line
-from tests.test_heldout import _tiny_ptb
+from helpers import error_line, tiny_ptb
 
 
 def _sweep(tmp_path, *extra: str) -> int:
@@ -34,7 +33,7 @@ def test_expand_names_validates_and_marks_the_chapter():
 
 
 def test_sweep_trains_every_point_and_writes_the_table(tmp_path, capsys):
-    _tiny_ptb(tmp_path)
+    tiny_ptb(tmp_path)
     assert _sweep(tmp_path, "--batch-size", "64,100000", "--lr", "0.002,0.01") == 0
     out = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("[") for line in out) == 4  # one progress line per point
@@ -58,7 +57,7 @@ def test_sweep_trains_every_point_and_writes_the_table(tmp_path, capsys):
 
 
 def test_a_rerun_trains_only_the_missing_points(tmp_path, capsys):
-    _tiny_ptb(tmp_path)
+    tiny_ptb(tmp_path)
     assert _sweep(tmp_path, "--lr", "0.002,0.01") == 0
     rows_file = tmp_path / "sweep" / "sweep.jsonl"
     first, second = rows_file.read_text().splitlines()
@@ -71,7 +70,7 @@ def test_a_rerun_trains_only_the_missing_points(tmp_path, capsys):
     assert json.loads(rows_file.read_text().splitlines()[0]) == json.loads(first)
     # Another grid in the same folder is refused; --overwrite retrains it all.
     assert _sweep(tmp_path, "--lr", "0.005") == 2
-    assert "holds another sweep" in _error_line(capsys)
+    assert "holds another sweep" in error_line(capsys)
     assert _sweep(tmp_path, "--lr", "0.005", "--overwrite") == 0
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     assert [row["config"]["lr"] for row in rows] == [0.005]
@@ -88,5 +87,5 @@ def test_a_rerun_trains_only_the_missing_points(tmp_path, capsys):
 def test_bad_grids_fail_in_one_line_before_training(tmp_path, capsys, flags, message):
     code = main(["sweep", "--corpus", "lee", "--out", str(tmp_path / "sweep"), *flags])
     assert code == 2
-    assert message in _error_line(capsys)
+    assert message in error_line(capsys)
     assert not (tmp_path / "sweep").exists()

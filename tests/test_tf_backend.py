@@ -16,11 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_backend, tiny_corpus
-from step_checks import (STEPS, check_linear_schedule_across_a_reload,
-                         check_loss_and_gradients, check_state_moves_between_steps,
-                         check_three_steps_and_state_round_trip)
-from test_parity import EMBED, VOCAB, assert_params_close, make_batch
+from helpers import EMBED, VOCAB, assert_params_close, make_batch, require_backend, tiny_corpus
 
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS
@@ -38,26 +34,6 @@ def _tf_backend() -> None:
 
 def backend(**options: object):
     return backends.load("tf")(VOCAB, EMBED, seed=3, **options)
-
-
-# -- both steps against the NumPy reference ----------------------------------------------------
-@pytest.mark.parametrize("step", STEPS)
-def test_loss_and_gradients_match_numpy(step):
-    check_loss_and_gradients("tf", step)
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_three_adam_steps_and_a_state_round_trip_match_numpy(step):
-    check_three_steps_and_state_round_trip("tf", step)
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_linear_schedule_across_a_reload_matches_numpy(step):
-    check_linear_schedule_across_a_reload("tf", step)
-
-
-def test_a_run_may_resume_with_the_other_step():
-    check_state_moves_between_steps("tf")
 
 
 # -- the chapter step is Keras' -----------------------------------------------------------------

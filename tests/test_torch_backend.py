@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require_backend
-from test_parity import EMBED, VOCAB, make_batch
+from helpers import EMBED, VOCAB, make_batch, require_backend
 
 import backends
 from common.batching import Batch
@@ -43,12 +42,11 @@ def sparse_rows_batch(rng: np.random.Generator) -> Batch:
     return Batch(centers, ids, masks, labels)
 
 
-def autograd_reference(model: object, batch: Batch) -> tuple[float, list[np.ndarray]]:
-    """The chapter's objective and its gradients through torch's autograd."""
-    tensors = model._batch_tensors(batch)
-    loss = model.model.objective(*tensors)
-    grads = torch.autograd.grad(loss, [model.model.center.weight, model.model.context.weight])
-    return float(loss.detach()), [g.numpy() for g in grads]
+def autograd_reference(vocab_size: int, batch: Batch) -> tuple[float, list[np.ndarray]]:
+    """The chapter's objective and its gradients through torch's autograd (the chapter step)."""
+    loss, grads = backends.load("torch")(vocab_size, EMBED, seed=3,
+                                         step="chapter").loss_and_grads(batch)
+    return loss, list(grads)
 
 
 @pytest.mark.parametrize("case", ["chapter", "sparse_rows", "all_padding", "tiny_vocab"])
@@ -66,8 +64,8 @@ def test_hand_derived_gradient_equals_autograd(case):
         dense = backends.load("torch")(3, EMBED, seed=3)
         batch = batch._replace(centers=batch.centers % 3,
                                contexts_negatives=batch.contexts_negatives % 3)
-    loss, grads = dense.loss_and_grads(batch)  # on CPU: over the real pairs (PairGradients)
-    want_loss, want_grads = autograd_reference(dense, batch)
+    loss, grads = dense.loss_and_grads(batch)  # fast, on CPU: the real pairs (PairGradients)
+    want_loss, want_grads = autograd_reference(dense.vocab_size, batch)
     assert loss == pytest.approx(want_loss, rel=1e-6, abs=1e-7)
     for got, want in zip(grads, want_grads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -82,7 +80,7 @@ def test_pair_plan_sorts_wide_vocabularies_too():
     batch = batch._replace(centers=spread[batch.centers].astype(np.int32),
                            contexts_negatives=spread[batch.contexts_negatives].astype(np.int32))
     loss, grads = dense.loss_and_grads(batch)
-    want_loss, want_grads = autograd_reference(dense, batch)
+    want_loss, want_grads = autograd_reference(vocab, batch)
     assert loss == pytest.approx(want_loss, rel=1e-6)
     for got, want in zip(grads, want_grads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -90,15 +88,18 @@ def test_pair_plan_sorts_wide_vocabularies_too():
 
 def test_slot_route_equals_pair_route():
     """The GPU route (all slots, index_add_) against the CPU one (real pairs), on a CPU."""
-    from backends.torch import model
+    from backends.torch import fast
 
-    dense = backend()
+    tables = [torch.from_numpy(table) for table in backend().get_params()]
+    slots = fast.DenseGradients(VOCAB, EMBED, torch.device("cpu"))
+    pairs = fast.PairGradients(VOCAB)
     for batch in (make_batch(np.random.default_rng(1)),
                   sparse_rows_batch(np.random.default_rng(6))):
-        tables = (dense.model.center.weight, dense.model.context.weight)
+        ids = [torch.from_numpy(x.astype(np.int64)) for x in batch[:2]]
+        floats = [torch.from_numpy(x) for x in batch[2:]]
         grads = (torch.full((VOCAB, EMBED), 7.0), torch.full((VOCAB, EMBED), 7.0))
-        slot_loss = dense._gradients(*dense._batch_tensors(batch), *tables, *grads)  # overwrites
-        pair_loss, *pair_grads = dense._pair_gradients(model.pair_plan(batch, VOCAB), *tables)
+        slot_loss = slots(*ids, *floats, *tables, *grads)  # overwrites grads
+        pair_loss, *pair_grads = pairs(fast.pair_plan(batch, VOCAB), *tables)
         assert float(slot_loss) == pytest.approx(float(pair_loss), rel=1e-6)
         for got, want in zip(grads, pair_grads):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)

@@ -1,15 +1,9 @@
 """The chapter's model in JAX + Flax NNX: the embedding pair, `skip_gram` by batched matmul,
-the masked loss.
+the masked loss, trained by `jax.value_and_grad` and `optax.adam` (the `chapter` step).
 
-Flax NNX, not Linen: since Flax 0.10 its documentation teaches NNX to new users (Linen is
-maintained, not developed), and NNX modules are plain Python objects holding their parameters,
-like `torch.nn.Module`, so `diff backends/torch/model.py backends/jax/model.py` reads as a
-lesson. Training stays functional all the same: the backend splits the module into a static
-graph and a parameter pytree (`nnx.split`) and jit-compiles a pure function of the pytree.
-
-The objective is written as a function of the looked-up rows (`objective_of_rows`) as well as
-of the module (`SkipGramModel.objective`): the training step differentiates the former, chunk
-by chunk, and adds the lookup's own gradient (a scatter-add) itself; see `backends/jax/backend.py`.
+Flax NNX, not Linen: since Flax 0.10 its documentation teaches NNX to new users, and NNX
+modules are plain Python objects holding their parameters, like `torch.nn.Module`. The tuned
+step that computes the same numbers faster is `backends/jax/fast.py`.
 """
 from __future__ import annotations
 
@@ -30,15 +24,9 @@ def skip_gram(centers: jax.Array, contexts_negatives: jax.Array, center_table: j
 
     (B, 1), (B, L) ids, (V, E), (V, E) tables -> (B, 1, L), the chapter's `bmm(v, u^T)`.
     """
-    return dot_products(embed(center_table, centers), embed(context_table, contexts_negatives))
-
-
-def dot_products(center_rows: jax.Array, context_rows: jax.Array) -> jax.Array:
-    """(B, 1, E) centre rows v, (B, L, E) context rows u -> (B, 1, L) v u^T, batched.
-
-    On CPU, XLA runs this batched matmul 4x faster than the same multiply-and-sum.
-    """
-    return jnp.matmul(center_rows, jnp.swapaxes(context_rows, 1, 2))
+    v = embed(center_table, centers)              # (B, 1, E)
+    u = embed(context_table, contexts_negatives)  # (B, L, E)
+    return jnp.matmul(v, jnp.swapaxes(u, 1, 2))
 
 
 def masked_bce(logits: jax.Array, labels: jax.Array, masks: jax.Array) -> jax.Array:
@@ -59,33 +47,26 @@ def per_example_objective(logits: jax.Array, labels: jax.Array, masks: jax.Array
     return masked_bce(logits, labels, masks) * slots / real
 
 
-def objective_of_rows(center_rows: jax.Array, context_rows: jax.Array, masks: jax.Array,
-                      labels: jax.Array) -> jax.Array:
-    """The optimised quantity given the looked-up rows: (B, 1, E), (B, L, E), (B, L), (B, L)
-    -> a 0-d array, the chapter's `l.sum()`."""
-    logits = dot_products(center_rows, context_rows).reshape(labels.shape)
-    return per_example_objective(logits, labels, masks).sum()
-
-
 class SkipGramModel(nnx.Module):
     """The chapter's `net`: centre table `embed_v` (net[0]) and context table `embed_u` (net[1])."""
 
     def __init__(self, vocab_size: int, embed_size: int, *, rngs: nnx.Rngs) -> None:
         # Xavier-uniform, as the chapter's `init_weights` (nnx.Embed's default is a scaled
-        # normal). Flax takes a (V, E) table's fan_in as V, torch as E; Xavier uses their sum,
-        # so the bound sqrt(6 / (V + E)) is the same. The backend then overwrites both tables
-        # from `init_params_numpy`, so that a seed means the same tables in every backend;
-        # this keeps the module right when used on its own.
+        # normal). The backend then overwrites both tables from `init_params_numpy`, so that a
+        # seed means the same tables in every backend; this keeps the module right on its own.
+        # Flax takes a (V, E) table's fan_in as V, torch as E; Xavier uses their sum, so the
+        # bound sqrt(6 / (V + E)) is the same.
         init = nnx.initializers.xavier_uniform()
         self.center = nnx.Embed(vocab_size, embed_size, embedding_init=init, rngs=rngs)
         self.context = nnx.Embed(vocab_size, embed_size, embedding_init=init, rngs=rngs)
 
     def __call__(self, centers: jax.Array, contexts_negatives: jax.Array) -> jax.Array:
         """(B, 1), (B, L) ids -> (B, 1, L) logits."""
-        return dot_products(self.center(centers), self.context(contexts_negatives))
+        v, u = self.center(centers), self.context(contexts_negatives)  # (B, 1, E), (B, L, E)
+        return jnp.matmul(v, jnp.swapaxes(u, 1, 2))
 
     def objective(self, centers: jax.Array, contexts_negatives: jax.Array, masks: jax.Array,
                   labels: jax.Array) -> jax.Array:
         """The optimised quantity, the chapter's `l.sum()`: (B, 1), (B, L) ... -> a 0-d array."""
-        return objective_of_rows(self.center(centers), self.context(contexts_negatives),
-                                 masks, labels)
+        logits = self(centers, contexts_negatives).reshape(labels.shape)
+        return per_example_objective(logits, labels, masks).sum()

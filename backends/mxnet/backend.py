@@ -140,11 +140,9 @@ class MXNetBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.asnumpy()
 
-    def losses_to_numpy(self, losses: list[Any]) -> np.ndarray:
-        """One stack and one copy to the host for all pending 0-d losses (one sync)."""
-        if not losses:
-            return np.zeros(0, dtype=np.float64)
-        return mx.np.stack(losses).asnumpy().astype(np.float64)
+    def stack_losses(self, losses: list[Any]) -> np.ndarray:
+        """One stack and one device -> host copy for all pending losses (one sync)."""
+        return mx.np.stack(losses).asnumpy()
 
     # -- the model --------------------------------------------------------------------------
     def embed(self, table: mx.np.ndarray, ids: mx.np.ndarray) -> mx.np.ndarray:
@@ -165,8 +163,7 @@ class MXNetBackend(Backend):
         return Params(*(table.asnumpy() for table in self.net.tables))
 
     def set_params(self, params: Params) -> None:
-        for values in params:
-            self._check_shape(values, "parameter table")
+        self._check_params(params)
         for parameter, values in zip((self.net.center.weight, self.net.context.weight), params):
             parameter.set_data(self.asarray(np.asarray(values, dtype=np.float32)))
         self.trainer.reset()
@@ -197,8 +194,7 @@ class MXNetBackend(Backend):
         return self.trainer.state()
 
     def load_optimizer_state(self, state: AdamState) -> None:
-        for table in (*state.exp_avg, *state.exp_avg_sq):
-            self._check_shape(table, "optimizer state")
+        self._check_adam_state(state)
         self.trainer.load_state(state)
         self.adam_steps = int(state.step)
 
@@ -217,19 +213,3 @@ class MXNetBackend(Backend):
                     f"packages (pip install mxnet-cu112==1.9.1 in .venv-mxnet, README: GPUs)")
         return (f"mxnet {mx.__version__} is built with CUDA but sees no GPU (no NVIDIA driver, "
                 f"or CUDA_VISIBLE_DEVICES hides them)")
-
-    # -- use ------------------------------------------------------------------------------
-    def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chapter's `get_similar_tokens` for Q queries at once: (Q,) -> (Q, k), (Q, k)."""
-        table = self.net.center.weight.data()                                   # (V, E)
-        ids = self.asarray(np.asarray(query_ids, dtype=np.int32))
-        queries = model.embed(mx.nd, table, ids)                                # (Q, E)
-        norms = (table * table).sum(axis=1)[None, :] * (queries * queries).sum(axis=1)[:, None]
-        cos = mx.np.dot(queries, table.T) / mx.np.sqrt(norms + 1e-9)            # (Q, V)
-        # The chapter takes top k+1 and drops the first, assuming it is the query; masking
-        # the query is exact even when another word ties with it.
-        is_query = mx.npx.one_hot(ids, self.vocab_size) > 0
-        cos = mx.np.where(is_query, -mx.np.inf, cos)
-        values, top = mx.npx.topk(cos, k=min(k, self.vocab_size), axis=1, ret_typ="both",
-                                  dtype="int64")
-        return top.asnumpy(), values.asnumpy()

@@ -1,7 +1,10 @@
 """The NumPy reference backend: the parity oracle, and a (slow) trainer in its own right.
 
-Both tables live in one (2, V, E) float32 array, and so do the gradient and Adam's moments, so
-that the dense Adam update is one pass of in-place ufuncs over all parameters rather than two.
+`--step chapter` (the oracle): `model.objective_and_gradients` (`np.add.at` scatter) and
+`optim.adam_update`, table by table. `--step fast`: `fast.objective_and_gradients` (sorted
+scatter) and `fast.adam_update`, in place over both tables at once. Both tables live in one
+(2, V, E) float32 array, and so do the gradient and Adam's moments, so that both steps share
+one state and a run may switch between them.
 """
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
-from backends.numpy import model
+from backends.base import AdamState, Backend, Params
+from backends.numpy import fast, model, optim
 from common.batching import Batch
 from common.errors import ConfigError
 
@@ -37,7 +40,8 @@ class NumpyBackend(Backend):
         self._exp_avg = np.zeros(shape, DTYPE)
         self._exp_avg_sq = np.zeros(shape, DTYPE)
         self._scratch = np.empty(shape, DTYPE)
-        self.adam_steps = 0
+        # The chapter's `net` over views of the stacked tables: it sees every update.
+        self.model = model.SkipGramModel(self._params[0], self._params[1])
         self.init_params(seed)
 
     # -- arrays ---------------------------------------------------------------------------
@@ -64,24 +68,21 @@ class NumpyBackend(Backend):
         return Params(self._params[0].copy(), self._params[1].copy())
 
     def set_params(self, params: Params) -> None:
-        for index, table in enumerate(params):
-            self._check_shape(table, "parameter table")
-            self._params[index] = table
-        self._reset_optimizer()
-
-
-    def _reset_optimizer(self) -> None:
+        self._check_params(params)
+        self._params[0], self._params[1] = params
         self.adam_steps = 0
         self._exp_avg.fill(0)
         self._exp_avg_sq.fill(0)
 
     # -- training ---------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch) -> np.ndarray:
-        """Fill `self._grads` for `batch` and return the loss (a 0-d float32 array)."""
-        loss, _ = model.objective_and_gradients(
-            batch.centers, batch.contexts_negatives, batch.masks, batch.labels,
-            self._params[0], self._params[1],
-            out=Params(self._grads[0], self._grads[1]))
+        """Fill `self._grads` for `batch` by this backend's step; return the 0-d loss."""
+        if self.step == "chapter":
+            loss, grads = self.model.objective_and_gradients(*batch)
+            self._grads[0], self._grads[1] = grads
+            return loss
+        loss, _ = fast.objective_and_gradients(*batch, self._params[0], self._params[1],
+                                               out=Params(self._grads[0], self._grads[1]))
         return loss
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
@@ -90,44 +91,20 @@ class NumpyBackend(Backend):
 
     def eval_loss(self, batch: Batch) -> np.float32:
         """The forward alone: no gradient buffer or Adam moment is touched."""
-        return DTYPE(model.objective(batch.centers, batch.contexts_negatives, batch.masks,
-                                     batch.labels, self._params[0], self._params[1]))
+        return DTYPE(self.model.objective(*batch))
 
     def train_step(self, batch: Batch) -> np.float32:
         loss = self._forward_backward(batch)
-        self._adam_update()
-        return DTYPE(loss)
-
-    def _adam_update(self) -> None:
-        """torch.optim.Adam (single-tensor path), dense: every row's moments decay each step.
-
-        m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
-        p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-        In place over the stacked tables, one scratch buffer, no temporaries.
-        """
-        beta1, beta2 = ADAM_BETAS
         lr = self.next_lr()  # counts the step
-        grads, exp_avg, exp_avg_sq, scratch = (self._grads, self._exp_avg, self._exp_avg_sq,
-                                               self._scratch)
-        # Python floats, not NumPy float64 scalars: under NumPy 2 those would turn the float32
-        # arithmetic into float64 (slower, and rounded unlike torch).
-        bias_correction1 = 1 - beta1 ** self.adam_steps
-        bias_correction2_sqrt = (1 - beta2 ** self.adam_steps) ** 0.5
-        step_size = float(lr) / bias_correction1
-
-        np.subtract(grads, exp_avg, out=scratch)     # lerp, as torch: m + w * (g - m)
-        scratch *= 1 - beta1
-        exp_avg += scratch
-        exp_avg_sq *= beta2
-        np.multiply(grads, grads, out=scratch)
-        scratch *= 1 - beta2
-        exp_avg_sq += scratch
-        np.sqrt(exp_avg_sq, out=scratch)             # the denominator, eps outside the sqrt
-        scratch /= bias_correction2_sqrt
-        scratch += ADAM_EPS
-        np.divide(exp_avg, scratch, out=scratch)
-        scratch *= step_size
-        self._params -= scratch
+        if self.step == "chapter":
+            for table in range(2):
+                optim.adam_update(self._params[table], self._grads[table],
+                                  self._exp_avg[table], self._exp_avg_sq[table],
+                                  self.adam_steps, lr)
+        else:
+            fast.adam_update(self._params, self._grads, self._exp_avg, self._exp_avg_sq,
+                             self._scratch, self.adam_steps, lr)
+        return DTYPE(loss)
 
     def optimizer_state(self) -> AdamState:
         return AdamState(self.adam_steps,
@@ -135,11 +112,9 @@ class NumpyBackend(Backend):
                          Params(self._exp_avg_sq[0].copy(), self._exp_avg_sq[1].copy()))
 
     def load_optimizer_state(self, state: AdamState) -> None:
-        for moments, target in ((state.exp_avg, self._exp_avg),
-                                (state.exp_avg_sq, self._exp_avg_sq)):
-            for index, table in enumerate(moments):
-                self._check_shape(table, "optimizer state")
-                target[index] = table
+        self._check_adam_state(state)
+        self._exp_avg[0], self._exp_avg[1] = state.exp_avg
+        self._exp_avg_sq[0], self._exp_avg_sq[1] = state.exp_avg_sq
         self.adam_steps = int(state.step)
 
     @classmethod

@@ -1,9 +1,11 @@
-"""Skip-gram with negative sampling in plain NumPy: the chapter's model, backward by hand.
+"""The chapter's model in plain NumPy: the embedding pair, `skip_gram` by batched matmul, the
+masked loss, and the backward written out as autograd would compute it.
 
-The forward functions mirror the chapter's `embed`, `skip_gram` and `SigmoidBCELoss`; the
-backward is what autograd computes in the other backends, written out so that they can be
-checked against it. Every function keeps its inputs' dtype: float32 for training, float64 for
-the finite-difference tests.
+This is the oracle every other backend is tested against, so it is written to be obviously
+right rather than fast: the lookups' backward is `np.add.at` (repeated ids summed), nothing
+is planned or fused. The tuned version of the same step is `backends/numpy/fast.py`. Every
+function keeps its inputs' dtype: float32 for training, float64 for the finite-difference
+tests.
 """
 from __future__ import annotations
 
@@ -11,14 +13,10 @@ import numpy as np
 
 from backends.base import Params
 
-# In `scatter_add`, a key with at least this many rows is summed by `np.add.reduceat`, rarer
-# keys by one fancy-indexed addition per occurrence. Tuned on B=512, L=60, V=6719, E=100.
-FREQUENT_KEY_MIN_COUNT = 16
-
 
 def embed(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Rows of `table` at `ids`: (V, E), (...) ints -> (..., E)."""
-    return table.take(ids, axis=0)  # `take` is faster than fancy indexing for this gather
+    return table[ids]
 
 
 def skip_gram(centers: np.ndarray, contexts_negatives: np.ndarray, center_table: np.ndarray,
@@ -27,7 +25,7 @@ def skip_gram(centers: np.ndarray, contexts_negatives: np.ndarray, center_table:
 
     (B, 1), (B, L) ids, (V, E), (V, E) tables -> (B, 1, L), as the chapter's `bmm(v, u^T)`.
     """
-    v = embed(center_table, centers)             # (B, 1, E)
+    v = embed(center_table, centers)              # (B, 1, E)
     u = embed(context_table, contexts_negatives)  # (B, L, E)
     return np.matmul(v, u.transpose(0, 2, 1))
 
@@ -52,17 +50,20 @@ def masked_bce(logits: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> np.
     return (masks * sigmoid_bce(logits, labels)).mean(axis=1)
 
 
-def example_weights(masks: np.ndarray) -> np.ndarray:
-    """1 / max(real slots, 1) per example: (B, L) -> (B,); all-padding rows then count 0."""
-    return 1 / np.maximum(masks.sum(axis=1), 1)
+def real_slots(masks: np.ndarray) -> np.ndarray:
+    """Real slots per example, at least 1: (B, L) -> (B,); all-padding rows then count 0."""
+    return np.maximum(masks.sum(axis=1), 1)
 
 
-def per_example_loss(logits: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def per_example_objective(logits: np.ndarray, labels: np.ndarray,
+                          masks: np.ndarray) -> np.ndarray:
     """Mean BCE over each example's real slots: (B, L) -> (B,).
 
-    Equals the chapter's `masked_bce(...) * L / masks.sum(1)` whenever a row has a real slot.
+    The chapter's `loss(...) * L / mask.sum(1)`; the `maximum` makes all-padding rows (which
+    pad the last batch of fixed-shape backends) count 0 instead of 0/0.
     """
-    return (masks * sigmoid_bce(logits, labels)).sum(axis=1) * example_weights(masks)
+    slots = masks.shape[1]
+    return masked_bce(logits, labels, masks) * slots / real_slots(masks)
 
 
 def objective(centers: np.ndarray, contexts_negatives: np.ndarray, masks: np.ndarray,
@@ -70,97 +71,58 @@ def objective(centers: np.ndarray, contexts_negatives: np.ndarray, masks: np.nda
               context_table: np.ndarray) -> np.ndarray:
     """The optimised quantity, the chapter's `l.sum()`: (B, 1), (B, L) ... -> a 0-d array."""
     pred = skip_gram(centers, contexts_negatives, center_table, context_table)
-    return per_example_loss(pred.reshape(labels.shape), labels, masks).sum()
+    return per_example_objective(pred.reshape(labels.shape), labels, masks).sum()
 
 
 def objective_and_gradients(centers: np.ndarray, contexts_negatives: np.ndarray,
                             masks: np.ndarray, labels: np.ndarray, center_table: np.ndarray,
-                            context_table: np.ndarray,
-                            out: Params | None = None) -> tuple[np.ndarray, Params]:
-    """`objective` and its gradients, by hand: what autograd gives the other backends.
+                            context_table: np.ndarray) -> tuple[np.ndarray, Params]:
+    """`objective` and its dense gradients, derived by hand: what autograd gives the others.
 
-    (B, 1), (B, L) ids, (B, L) masks and labels, (V, E) tables -> 0-d loss, and the dense
-    (V, E) gradients as `Params` (the contract's exchange format). `out`, when given, is
-    overwritten and returned (the training loop reuses its buffers).
-
-    With x = v_b . u_bl and w_b = 1 / max(sum_l mask_bl, 1):
-        d loss / d x_bl = w_b * mask_bl * (sigmoid(x_bl) - label_bl)              (B, L)
-        d loss / d v_b  = sum_l (d loss / d x_bl) u_bl, added to row centers_b   (B, E)
-        d loss / d u_bl = (d loss / d x_bl) v_b, added to row contexts_negatives_bl.
+    (B, 1), (B, L) ids, (B, L) masks and labels, (V, E) tables -> 0-d loss, and the (V, E)
+    gradients as `Params` (the contract's exchange format). With x_bl = v_b . u_bl and
+    n_b = max(sum_l mask_bl, 1):
+        d loss / d x_bl = mask_bl * (sigmoid(x_bl) - label_bl) / n_b          (B, L)
+        d loss / d v_b  = sum_l (d loss / d x_bl) u_bl, added to row centers_b
+        d loss / d u_bl = (d loss / d x_bl) v_b, added to row contexts_negatives_bl
+    `np.add.at` is the lookups' backward: it sums the rows of repeated ids.
     """
-    batch_size, slots = labels.shape
-    center_ids = centers.reshape(batch_size)
-    v = embed(center_table, center_ids)            # (B, E)
-    u = embed(context_table, contexts_negatives)    # (B, L, E)
-    logits = np.matmul(v[:, None, :], u.transpose(0, 2, 1)).reshape(batch_size, slots)
-    loss = per_example_loss(logits, labels, masks).sum()
+    v = embed(center_table, centers)               # (B, 1, E)
+    u = embed(context_table, contexts_negatives)   # (B, L, E)
+    logits = np.matmul(v, u.transpose(0, 2, 1)).reshape(labels.shape)
+    loss = per_example_objective(logits, labels, masks).sum()
 
-    weights = example_weights(masks)                                   # (B,)
-    dlogits = masks * (sigmoid(logits) - labels) * weights[:, None]    # (B, L)
-    dv = np.matmul(dlogits[:, None, :], u).reshape(batch_size, -1)     # (B, E)
-
-    if out is None:
-        out = Params(np.zeros_like(center_table), np.zeros_like(context_table))
-    else:
-        out.center.fill(0)
-        out.context.fill(0)
-    scatter_add(out.center, center_ids, np.arange(batch_size), np.ones_like(weights), dv)
-    # Padding slots have zero gradient; leaving them out halves the scatter on typical batches.
-    real = np.flatnonzero(masks.reshape(-1))
-    scatter_add(out.context, contexts_negatives.reshape(-1)[real], real // slots,
-                dlogits.reshape(-1)[real], v)
-    return loss, out
+    logit_grads = masks * (sigmoid(logits) - labels) / real_slots(masks)[:, None]  # (B, L)
+    center_rows_grad = np.matmul(logit_grads[:, None, :], u)                     # (B, 1, E)
+    context_rows_grad = logit_grads[:, :, None] * v                              # (B, L, E)
+    center_grad = np.zeros_like(center_table)
+    context_grad = np.zeros_like(context_table)
+    np.add.at(center_grad, centers, center_rows_grad)
+    np.add.at(context_grad, contexts_negatives, context_rows_grad)
+    return loss, Params(center_grad, context_grad)
 
 
-def scatter_add(out: np.ndarray, keys: np.ndarray, sources: np.ndarray, weights: np.ndarray,
-                table: np.ndarray) -> None:
-    """out[keys[i]] += weights[i] * table[sources[i]] for every i, repeated keys summed.
+class SkipGramModel:
+    """The chapter's `net`: centre table `embed_v` (net[0]) and context table `embed_u` (net[1]).
 
-    (R, E) out, (n,) keys, sources and weights, (K, E) table: a sparse (R, K) matrix times
-    `table`. `np.add.at` does this row by row and would be most of a step. Instead the
-    occurrences are sorted by key: keys with many occurrences are summed by one
-    `np.add.reduceat` over their contiguous runs (its cost is per run), the rest by one
-    fancy-indexed `+=` per occurrence number (no key repeats within one, so `+=` is exact).
-    No BLAS call, so the result does not depend on the thread count.
+    NumPy has no module system; the two tables are plain (V, E) arrays (views into the
+    backend's storage), initialised Xavier-uniform by the backend from `init_params_numpy`.
     """
-    if keys.size == 0:
-        return
-    keys = keys.astype(np.intp, copy=False)
-    by_key = _stable_argsort(keys, bound=out.shape[0])
-    sorted_keys = keys[by_key]
-    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-    lengths = np.diff(np.append(starts, keys.size))
 
-    frequent = lengths >= FREQUENT_KEY_MIN_COUNT
-    in_frequent = np.repeat(frequent, lengths)
-    if frequent.any():
-        taken = by_key[in_frequent]  # whole runs, still sorted by key
-        rows = table.take(sources[taken], axis=0)
-        rows *= weights[taken][:, None]
-        run_lengths = lengths[frequent]
-        run_starts = np.cumsum(run_lengths) - run_lengths
-        out[sorted_keys[starts[frequent]]] += np.add.reduceat(rows, run_starts, axis=0)
+    def __init__(self, center: np.ndarray, context: np.ndarray) -> None:
+        self.center, self.context = center, context
 
-    if frequent.all():
-        return
-    rare = ~in_frequent
-    occurrence = (np.arange(keys.size) - np.repeat(starts, lengths))[rare]
-    by_occurrence = _stable_argsort(occurrence, bound=FREQUENT_KEY_MIN_COUNT)
-    taken = by_key[rare][by_occurrence]
-    rows = table.take(sources[taken], axis=0)
-    rows *= weights[taken][:, None]
-    taken_keys = keys[taken]
-    begin = 0
-    for end in np.cumsum(np.bincount(occurrence)):
-        out[taken_keys[begin:end]] += rows[begin:end]
-        begin = end
+    def __call__(self, centers: np.ndarray, contexts_negatives: np.ndarray) -> np.ndarray:
+        """(B, 1), (B, L) ids -> (B, 1, L) logits."""
+        return skip_gram(centers, contexts_negatives, self.center, self.context)
 
+    def objective(self, centers: np.ndarray, contexts_negatives: np.ndarray, masks: np.ndarray,
+                  labels: np.ndarray) -> np.ndarray:
+        """The optimised quantity, the chapter's `l.sum()`: a 0-d array."""
+        return objective(centers, contexts_negatives, masks, labels, self.center, self.context)
 
-def _stable_argsort(values: np.ndarray, bound: int) -> np.ndarray:
-    """Stable argsort of non-negative ints below `bound`: (n,) -> (n,).
-
-    NumPy radix-sorts 16-bit ints, 10x faster than its merge sort on V=6719 keys.
-    """
-    if bound <= 1 << 16:
-        values = values.astype(np.uint16)
-    return np.argsort(values, kind="stable")
+    def objective_and_gradients(self, centers: np.ndarray, contexts_negatives: np.ndarray,
+                                masks: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, Params]:
+        """The objective and its (V, E) gradients: NumPy's stand-in for autograd."""
+        return objective_and_gradients(centers, contexts_negatives, masks, labels,
+                                       self.center, self.context)

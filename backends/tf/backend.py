@@ -143,11 +143,9 @@ class TFBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
-    def losses_to_numpy(self, losses: list[Any]) -> np.ndarray:
+    def stack_losses(self, losses: list[Any]) -> np.ndarray:
         """One stack and one device -> host copy for all pending losses (one sync)."""
-        if not losses:
-            return np.zeros(0, dtype=np.float64)
-        return tf.stack(losses).numpy().astype(np.float64)
+        return tf.stack(losses).numpy()
 
     def _batch_tensors(self, batch: Batch) -> tuple[tf.Tensor, ...]:
         """Batch -> (B, 1), (B, L) int32 ids and (B, L) float32 masks, labels on the device."""
@@ -190,8 +188,7 @@ class TFBackend(Backend):
         return Params(*(np.array(table.numpy()) for table in self.model.tables))
 
     def set_params(self, params: Params) -> None:
-        for values in params:
-            self._check_shape(values, "parameter table")
+        self._check_params(params)
         for table, values in zip(self.model.tables, params):
             table.assign(np.asarray(values, dtype=np.float32))
         self.trainer.reset()
@@ -242,8 +239,7 @@ class TFBackend(Backend):
                          Params(*(np.array(v.numpy()) for v in exp_avg_sq)))
 
     def load_optimizer_state(self, state: AdamState) -> None:
-        for table in (*state.exp_avg, *state.exp_avg_sq):
-            self._check_shape(table, "optimizer state")
+        self._check_adam_state(state)
         self.trainer.step_count.assign(int(state.step))
         self.adam_steps = int(state.step)
         for variables, values in zip(self.trainer.moments, (state.exp_avg, state.exp_avg_sq)):
@@ -266,21 +262,3 @@ class TFBackend(Backend):
                     f"tensorflow[and-cuda]: make env-gpu (README: GPUs)")
         return (f"tensorflow {tf.__version__} is built with CUDA but sees no GPU (no NVIDIA "
                 f"driver, CUDA libraries it cannot load, or CUDA_VISIBLE_DEVICES hides them)")
-
-    # -- use ------------------------------------------------------------------------------
-    def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chapter's `get_similar_tokens` for Q queries at once: (Q,) -> (Q, k), (Q, k)."""
-        with tf.device(self.tf_device):
-            table = self.model.tables[0]                                        # (V, E)
-            ids = tf.convert_to_tensor(np.asarray(query_ids, dtype=np.int32))
-            queries = tf.gather(table, ids)                                     # (Q, E)
-            norms = (tf.reduce_sum(table * table, axis=1)[None, :]
-                     * tf.reduce_sum(queries * queries, axis=1)[:, None])
-            cos = tf.matmul(queries, table, transpose_b=True) / tf.sqrt(norms + 1e-9)
-            # The chapter takes top k+1 and drops the first, assuming it is the query; masking
-            # the query is exact even when another word ties with it.
-            query_cells = tf.stack([tf.range(tf.size(ids)), ids], axis=1)
-            cos = tf.tensor_scatter_nd_update(
-                cos, query_cells, tf.fill(tf.shape(ids), -np.inf))
-            values, top = tf.math.top_k(cos, k=min(k, self.vocab_size))
-        return top.numpy().astype(np.int64), values.numpy()

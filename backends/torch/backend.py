@@ -1,13 +1,15 @@
 """The PyTorch backend: the chapter's own framework, and the model the other backends follow.
 
+Steps (`step=`), the same optimiser and state, so a run may switch between them:
+- "chapter": the chapter's loop over `model.SkipGramModel`: `loss.backward()` through autograd,
+  then `torch.optim.Adam`, eager.
+- "fast": the gradient written out (`backends/torch/fast.py`): on CPU over the batch's real
+  (centre, context) pairs only, on a GPU over all slots with `index_add_`'s atomics.
+
 Optimisers (`optimizer=`):
 - "adam" (default): the chapter's dense `torch.optim.Adam` (betas 0.9/0.999, eps 1e-8). Every
-  row's moments decay at every step, touched or not. The gradient is the same mathematics as
-  autograd, written out: on CPU `model.PairGradients` over the batch's real (centre, context)
-  pairs only, listed on the host by `model.pair_plan` (56% of PTB's slots are padding); on a
-  GPU `model.DenseGradients` over all slots, with `index_add_`'s atomics. The update is the
-  fused Adam kernel (one pass over all parameters: 5x faster than the default for-loop
-  implementation on CPU).
+  row's moments decay at every step, touched or not. Both steps use its fused kernel (one
+  pass over all parameters instead of a loop of small kernels per tensor).
 - "sparse_adam": `nn.Embedding(sparse=True)` + `torch.optim.SparseAdam`, through autograd.
   A *different* optimiser: only the rows a batch touches are updated, and their moments do
   not decay on the steps that skip them, so its losses do not match the chapter's. Its cost
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
-from backends.torch import model
+from backends.torch import fast, model
 from common.batching import Batch
 from common.errors import ConfigError
 
@@ -53,12 +55,15 @@ class TorchBackend(Backend):
             raise ConfigError(f"the torch backend offers --optimizer {' or '.join(OPTIMIZERS)}, "
                               f"got {optimizer!r}")
         self.sparse = optimizer == "sparse_adam"
+        # Autograd trains the chapter step, and the sparse optimiser (which needs autograd's
+        # sparse gradients) in either step.
+        self._autograd = step == "chapter" or self.sparse
         self.model = model.SkipGramModel(vocab_size, embed_size,
                                          sparse=self.sparse).to(self.torch_device)
         # CPU: the real pairs only, planned on the host; GPU: all slots, index_add_'s atomics.
         self._on_cpu = self.torch_device.type == "cpu"
-        self._pair_gradients = model.PairGradients(vocab_size)
-        self._gradients = model.DenseGradients(vocab_size, embed_size, self.torch_device)
+        self._pair_gradients = fast.PairGradients(vocab_size)
+        self._gradients = fast.DenseGradients(vocab_size, embed_size, self.torch_device)
         self._optimizer = self._new_optimizer()
         self.init_params(seed)
 
@@ -71,10 +76,12 @@ class TorchBackend(Backend):
         tables = list(self._tables)
         if self.sparse:
             return torch.optim.SparseAdam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-        for table in tables:
-            # No zero_grad: on a GPU `DenseGradients` overwrites these buffers every step (no
-            # (V, E) allocation per step); on CPU `PairGradients`' fresh ones replace them.
-            table.grad = torch.zeros_like(table)
+        if not self._autograd:
+            for table in tables:
+                # No zero_grad: on a GPU `DenseGradients` overwrites these buffers every step
+                # (no (V, E) allocation per step); on CPU `PairGradients`' fresh ones replace
+                # them.
+                table.grad = torch.zeros_like(table)
         return torch.optim.Adam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
 
     # -- arrays ---------------------------------------------------------------------------
@@ -85,16 +92,14 @@ class TorchBackend(Backend):
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().cpu().numpy()
 
-    def losses_to_numpy(self, losses: list[Any]) -> np.ndarray:
+    def stack_losses(self, losses: list[Any]) -> np.ndarray:
         """One stack and one device -> host copy for all pending losses (one sync)."""
-        if not losses:
-            return np.zeros(0, dtype=np.float64)
-        return torch.stack(losses).cpu().numpy().astype(np.float64)
+        return torch.stack(losses).cpu().numpy()
 
     def _batch_tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         """Batch -> (B, 1), (B, L) int64 ids and (B, L) float32 masks, labels on the device."""
         device = self.torch_device
-        # int64 ids: `index_add_` with int32 indices is 4x slower on CPU.
+        # int64 ids: `index_add_` with int32 indices is much slower on CPU.
         ids = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device)
                for x in (batch.centers, batch.contexts_negatives)]
         floats = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
@@ -103,7 +108,7 @@ class TorchBackend(Backend):
 
     # -- the model --------------------------------------------------------------------------
     def embed(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(ids, table)
+        return model.embed(table, ids)
 
     def skip_gram(self, centers: torch.Tensor, contexts_negatives: torch.Tensor,
                   center_table: torch.Tensor, context_table: torch.Tensor) -> torch.Tensor:
@@ -119,8 +124,7 @@ class TorchBackend(Backend):
         return Params(*(_host_copy(table) for table in self._tables))
 
     def set_params(self, params: Params) -> None:
-        for table, values in zip(self._tables, params):
-            self._check_shape(values, "parameter table")
+        self._check_params(params)
         with torch.no_grad():
             for table, values in zip(self._tables, params):
                 table.copy_(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
@@ -132,19 +136,19 @@ class TorchBackend(Backend):
         """Fill both tables' `.grad` for `batch`; return the summed loss (0-d, on device)."""
         center, context = self._tables
         if self._on_cpu:
-            plan = model.pair_plan(batch, self.vocab_size)
+            plan = fast.pair_plan(batch, self.vocab_size)
             loss, center.grad, context.grad = self._pair_gradients(plan, center, context)
             return loss
         return self._gradients(*self._batch_tensors(batch), center, context, center.grad,
                                context.grad)
 
     def _autograd_loss(self, batch: Batch) -> torch.Tensor:
-        """The chapter's forward, for autograd (the sparse-Adam path)."""
+        """The chapter's forward, for autograd (the chapter step and the sparse-Adam path)."""
         return self.model.objective(*self._batch_tensors(batch))
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
-        if self.sparse:
+        if self._autograd:
             loss = self._autograd_loss(batch)
             grads = torch.autograd.grad(loss, list(self._tables))
             loss = loss.detach()
@@ -166,7 +170,7 @@ class TorchBackend(Backend):
 
     def train_step(self, batch: Batch) -> torch.Tensor:
         self._set_step_lr()
-        if self.sparse:
+        if self._autograd:  # the chapter's loop body
             self._optimizer.zero_grad(set_to_none=True)
             loss = self._autograd_loss(batch)
             loss.backward()
@@ -189,8 +193,8 @@ class TorchBackend(Backend):
                          Params(*(_host_copy(state[t]["exp_avg_sq"]) for t in (center, context))))
 
     def load_optimizer_state(self, state: AdamState) -> None:
-        for table in (*state.exp_avg, *state.exp_avg_sq):
-            self._check_shape(table, "optimizer state")
+        self._check_adam_state(state)
+
         def step() -> Any:
             # SparseAdam counts in a Python int; Adam in a float tensor, one per table: it adds
             # 1 to each in place, so a shared one would count twice.
@@ -225,17 +229,3 @@ class TorchBackend(Backend):
         return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no "
                 f"GPU (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)")
 
-    # -- use ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def similar(self, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chapter's `get_similar_tokens` for Q queries at once: (Q,) -> (Q, k), (Q, k)."""
-        table = self.model.center.weight                                       # (V, E)
-        ids = torch.from_numpy(np.asarray(query_ids, dtype=np.int64)).to(self.torch_device)
-        queries = table[ids]                                                   # (Q, E)
-        norms = (table * table).sum(dim=1)[None, :] * (queries * queries).sum(dim=1)[:, None]
-        cos = queries @ table.T / torch.sqrt(norms + 1e-9)                     # (Q, V)
-        # The chapter takes top k+1 and drops the first, assuming it is the query; masking
-        # the query is exact even when another word ties with it.
-        cos[torch.arange(len(ids), device=ids.device), ids] = -torch.inf
-        values, top = torch.topk(cos, k=min(k, self.vocab_size), dim=1)
-        return top.cpu().numpy(), values.cpu().numpy()
