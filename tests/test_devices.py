@@ -15,7 +15,7 @@ import pytest
 
 import backends
 from common.errors import DeviceError
-from conftest import require_backend, tiny_corpus
+from helpers import require_backend, tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from common import preflight, runs
 from common.cli import main
 from common.config import TrainConfig
-from conftest import require_backend, tiny_corpus
+from helpers import require_backend, tiny_corpus
 
 TINY = ["--backend", "numpy", "--min-freq", "1", "--batch-size", "64", "--embed-size", "16",
         "--subsample-t", "1", "--seed", "3", "--no-progress"]

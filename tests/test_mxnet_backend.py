@@ -25,6 +25,7 @@ from helpers import EMBED, VOCAB, assert_params_close, make_batch, require_backe
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS
 from common.batching import Batch
+from common.config import STEPS
 from common.errors import ConfigError, DeviceError
 
 mx = pytest.importorskip("mxnet")

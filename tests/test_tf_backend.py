@@ -20,6 +20,7 @@ from helpers import EMBED, VOCAB, assert_params_close, make_batch, require_backe
 
 import backends
 from backends.base import ADAM_BETAS, ADAM_EPS
+from common.config import STEPS
 from common.errors import ConfigError, DeviceError
 
 ROOT = Path(__file__).resolve().parents[1]
