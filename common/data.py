@@ -1,35 +1,65 @@
-"""From a TrainConfig to what the training loop consumes: corpus -> vocabulary -> epochs."""
+"""From a TrainConfig to what the training loop consumes: corpus -> vocabulary -> epochs.
+
+PTB and Lee are small and read whole; text8 and text files are streamed into the token cache
+and memory-mapped (`common.token_cache`), so their size never lands in Python objects.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
-
-from common.batching import Batch, EpochData
+from common.batching import Batch
 from common.config import TrainConfig
-from common.corpus import load_corpus
+from common.corpus import (TEXT8_HELDOUT_TOKENS, TEXT8_SENTENCE_TOKENS, cache_dir, load_corpus,
+                           text8_source, text_file_source)
 from common.errors import ConfigError
-from common.vocab import Vocab
+from common.stream import EpochData
+from common.vocab import EncodedCorpus, Vocab
+
+IN_MEMORY = ("auto", "ptb", "lee")
 
 
 @dataclass
 class TrainingData:
-    """The vocabulary and the per-epoch batches of one run."""
+    """The vocabulary and the per-epoch batches of one run (and its held-out split, if any)."""
 
     corpus_name: str
     num_sentences: int
     vocab: Vocab
     epochs: EpochData
+    valid: EncodedCorpus | None = None  # text8's held-out tokens; PTB's valid is read apart
+    cache: Path | None = None
 
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        return self.epochs.batches(epoch)
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        return self.epochs.batches(epoch, start)
 
     def num_batches(self, epoch: int) -> int:
         return self.epochs.num_batches(epoch)
 
     def num_examples(self, epoch: int) -> int:
         return self.epochs.num_examples(epoch)
+
+
+def load_encoded(config: TrainConfig, *, log: Callable[[str], None] = print
+                 ) -> tuple[str, Vocab, EncodedCorpus, EncodedCorpus | None, Path | None]:
+    """(corpus name, vocabulary, training tokens, held-out tokens or None, cache file or None)."""
+    if config.corpus in IN_MEMORY:
+        corpus = load_corpus(config.corpus, config.data, log=log)
+        vocab = Vocab(corpus.sentences, min_freq=config.min_freq)
+        return corpus.name, vocab, vocab.encode(corpus.sentences), None, None
+    from common.token_cache import TextLayout, load_streamed
+
+    if config.corpus == "text8":
+        source = text8_source(config.data, log=log)
+        layout = TextLayout(TEXT8_SENTENCE_TOKENS, TEXT8_HELDOUT_TOKENS)
+    else:
+        source = text_file_source(config.corpus)
+        layout = TextLayout()
+    streamed = load_streamed(source.name, source.open_binary, source.source, layout,
+                             min_freq=config.min_freq, cache_folder=cache_dir() / "tokens",
+                             identity=source.sha256, log=log)
+    return streamed.name, streamed.vocab, streamed.train, streamed.valid, streamed.cache
 
 
 def prepare_training_data(config: TrainConfig, *, fixed_shapes: bool = False,
@@ -39,12 +69,10 @@ def prepare_training_data(config: TrainConfig, *, fixed_shapes: bool = False,
     `fixed_shapes` pads every batch to `config.max_length` slots and the last one to
     `batch_size` rows, for backends that compile one step per shape.
     """
-    corpus = load_corpus(config.corpus, config.data, log=log)
-    vocab = Vocab(corpus.sentences, min_freq=config.min_freq)
+    name, vocab, train, valid, cache = load_encoded(config, log=log)
     options = {"fixed_length": config.max_length, "pad_last_batch": True} if fixed_shapes else {}
-    epochs = EpochData.from_config(vocab.encode(corpus.sentences), vocab.counts, config,
-                                   np.random.default_rng(config.seed), **options)
+    epochs = EpochData.from_config(train, vocab.counts, config, **options)
     if config.batch_size > epochs.num_examples(0):
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the data "
                           f"({epochs.num_examples(0)} centre words per epoch): lower it")
-    return TrainingData(corpus.name, len(corpus.sentences), vocab, epochs)
+    return TrainingData(name, len(train.offsets) - 1, vocab, epochs, valid, cache)

@@ -108,3 +108,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # A required backend that no test exercised is a gap in CI, not a pass.
     if exitstatus == 0 and _required() - _RAN:
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Token caches and downloads go to a temporary folder, never the user's ~/.cache.
+
+    Set in the environment, so CLI subprocesses started by tests inherit it; tests that
+    test the cache location set their own.
+    """
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))

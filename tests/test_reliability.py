@@ -198,8 +198,16 @@ def _truncate(run: Path) -> None:
 
 
 def _flip_a_byte(run: Path) -> None:
+    """One byte in the middle of the stored parameters (not in a zip header's padding)."""
+    import zipfile
+
+    with zipfile.ZipFile(run / runs.CHECKPOINT) as archive:
+        member = archive.getinfo("center.npy")
     data = bytearray((run / runs.CHECKPOINT).read_bytes())
-    data[len(data) // 3] ^= 0xFF
+    name_and_extra = int.from_bytes(data[member.header_offset + 26:member.header_offset + 28],
+                                    "little") + \
+        int.from_bytes(data[member.header_offset + 28:member.header_offset + 30], "little")
+    data[member.header_offset + 30 + name_and_extra + member.compress_size // 2] ^= 0xFF
     (run / runs.CHECKPOINT).write_bytes(bytes(data))
 
 
