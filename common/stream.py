@@ -23,6 +23,7 @@ O(batch) per batch, plus the corpus itself (memory-mapped from the token cache f
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator, NamedTuple
 
@@ -46,6 +47,7 @@ _MAX_REDRAW_ROUNDS = 1000
 _PLAN_CHUNK_TOKENS = 1 << 20
 
 
+@functools.lru_cache(maxsize=1024)
 def stream_key(*parts: int) -> int:
     """A 64-bit stream key from integers (seed, epoch, purpose, round): SeedSequence-mixed."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
@@ -176,6 +178,14 @@ def make_rows(corpus: EncodedCorpus, plan: EpochPlan, indices: np.ndarray, *,
     return Rows(centre_tokens, contexts_negatives, num_contexts, lengths)
 
 
+def _mix64(value: int) -> int:
+    """SplitMix64's finaliser on a Python int: a cheap key for each redraw round."""
+    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return value ^ (value >> 31)
+
+
 def _fill_noise(rows: np.ndarray, contexts: np.ndarray, num_contexts: np.ndarray,
                 lengths: np.ndarray, positions: np.ndarray, sampler: NoiseSampler,
                 noise_key: int) -> None:
@@ -186,14 +196,14 @@ def _fill_noise(rows: np.ndarray, contexts: np.ndarray, num_contexts: np.ndarray
     """
     num_rows, width = rows.shape
     columns = np.arange(width)
-    is_noise = (columns >= num_contexts[:, None]) & (columns < lengths[:, None])
-    row_index, slot = np.nonzero(is_noise)
+    row_index, slot = np.nonzero((columns >= num_contexts[:, None]) &
+                                 (columns < lengths[:, None]))
     counters = positions[row_index].astype(np.uint64) * np.uint64(width) + slot.astype(np.uint64)
     pending = np.arange(len(row_index))
     for round_ in range(_MAX_REDRAW_ROUNDS):
         if len(pending) == 0:
             return
-        drawn = sampler.from_uniform(keyed_uniform(stream_key(noise_key, round_),
+        drawn = sampler.from_uniform(keyed_uniform(_mix64(noise_key ^ round_),
                                                    counters[pending]))
         clash = (contexts[row_index[pending]] == drawn[:, None]).any(axis=1)
         done = pending[~clash]
