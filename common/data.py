@@ -41,9 +41,14 @@ class TrainingData:
         return self.epochs.num_examples(epoch)
 
 
-def load_encoded(config: TrainConfig, *, log: Callable[[str], None] = print
+def load_encoded(config: TrainConfig, *, vocab: Vocab | None = None,
+                 log: Callable[[str], None] = print
                  ) -> tuple[str, Vocab, EncodedCorpus, EncodedCorpus | None, Path | None]:
-    """(corpus name, vocabulary, training tokens, held-out tokens or None, cache file or None)."""
+    """(corpus name, vocabulary, training tokens, held-out tokens or None, cache file or None).
+
+    `vocab` imposes a vocabulary on a streamed corpus (benchmarks compare corpus lengths at
+    one vocabulary); by default `config.min_freq` makes it.
+    """
     if config.corpus in IN_MEMORY:
         corpus = load_corpus(config.corpus, config.data, log=log)
         vocab = Vocab(corpus.sentences, min_freq=config.min_freq)
@@ -58,18 +63,19 @@ def load_encoded(config: TrainConfig, *, log: Callable[[str], None] = print
         layout = TextLayout()
     streamed = load_streamed(source.name, source.open_binary, source.source, layout,
                              min_freq=config.min_freq, cache_folder=cache_dir() / "tokens",
-                             identity=source.sha256, log=log)
+                             identity=source.sha256, vocab=vocab, log=log)
     return streamed.name, streamed.vocab, streamed.train, streamed.valid, streamed.cache
 
 
 def prepare_training_data(config: TrainConfig, *, fixed_shapes: bool = False,
+                          vocab: Vocab | None = None,
                           log: Callable[[str], None] = print) -> TrainingData:
     """Load the corpus, build the vocabulary (`<unk>` = 0) and the epoch sampler.
 
     `fixed_shapes` pads every batch to `config.max_length` slots and the last one to
     `batch_size` rows, for backends that compile one step per shape.
     """
-    name, vocab, train, valid, cache = load_encoded(config, log=log)
+    name, vocab, train, valid, cache = load_encoded(config, vocab=vocab, log=log)
     options = {"fixed_length": config.max_length, "pad_last_batch": True} if fixed_shapes else {}
     epochs = EpochData.from_config(train, vocab.counts, config, **options)
     if config.batch_size > epochs.num_examples(0):

@@ -153,12 +153,12 @@ def count_vocab(open_binary: Callable[[], IO[bytes]], source: str, layout: TextL
     return Vocab.from_counter(counter, min_freq), seen, sentences
 
 
-def cache_key(identity: str, layout: TextLayout, min_freq: int) -> str:
-    """What the cache file is named by: the corpus content, the layout, the vocabulary's
-    settings and the format."""
+def cache_key(identity: str, layout: TextLayout, min_freq: int, vocab_digest: str = "") -> str:
+    """What the cache file is named by: the corpus content, the layout, the vocabulary (its
+    settings, or the digest of one given whole) and the format."""
     spec = json.dumps({"identity": identity, "sentence_length": layout.sentence_length,
                        "heldout_tokens": layout.heldout_tokens, "min_freq": min_freq,
-                       "format": CACHE_FORMAT}, sort_keys=True)
+                       "vocab": vocab_digest, "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()
 
 
@@ -198,7 +198,7 @@ def _write_cache(path: Path, header: dict, write_arrays: Callable[[IO[bytes]], N
 
 def build_cache(path: Path, open_binary: Callable[[], IO[bytes]], source: str,
                 layout: TextLayout, *, identity: str, min_freq: int,
-                log: Log = print) -> None:
+                vocab: Vocab | None = None, log: Log = print) -> None:
     """Count the vocabulary (one pass), then encode every token into the cache (a second).
 
     With held-out tokens the split point needs the token count first (one more pass).
@@ -211,8 +211,9 @@ def build_cache(path: Path, open_binary: Callable[[], IO[bytes]], source: str,
                             f"{layout.heldout_tokens:,} held out for validation: give the "
                             f"whole corpus")
         train_tokens = total_tokens - layout.heldout_tokens
-    vocab, total_tokens, num_lines = count_vocab(open_binary, source, layout, train_tokens,
-                                                 min_freq)
+    counted, total_tokens, num_lines = count_vocab(open_binary, source, layout, train_tokens,
+                                                   min_freq)
+    vocab = vocab or counted
     if total_tokens == 0:
         raise DataError(f"corpus {source} holds no tokens (it is empty or whitespace only); "
                         f"give a file with one sentence per line")
@@ -228,6 +229,7 @@ def build_cache(path: Path, open_binary: Callable[[], IO[bytes]], source: str,
     train_sentences = num_sentences if offsets is None else \
         int(np.searchsorted(offsets, train_tokens))
     header = {"format": CACHE_FORMAT, "identity": identity, "min_freq": min_freq,
+              "given_vocab": vocab is not counted,
               "sentence_length": layout.sentence_length,
               "heldout_tokens": layout.heldout_tokens, "tokens": total_tokens,
               "sentences": num_sentences, "train_sentences": train_sentences,
@@ -261,8 +263,8 @@ def _invalid(path: Path, reason: str) -> DataError:
     return DataError(f"{path} {reason}")
 
 
-def open_cache(path: Path, *, identity: str, layout: TextLayout,
-               min_freq: int) -> tuple[dict, Vocab, np.ndarray, np.ndarray]:
+def open_cache(path: Path, *, identity: str, layout: TextLayout, min_freq: int,
+               vocab_digest: str | None = None) -> tuple[dict, Vocab, np.ndarray, np.ndarray]:
     """Header, vocabulary, tokens (memory-mapped) and offsets of a valid cache file.
 
     Anything that does not match (header, size, vocabulary digest, offsets, token range)
@@ -286,7 +288,8 @@ def open_cache(path: Path, *, identity: str, layout: TextLayout,
     if path.stat().st_size != start + 4 * tokens + 8 * (sentences + 1):
         raise _invalid(path, "has the wrong size (truncated or changed)")
     vocab = Vocab.from_counts(header["vocab_tokens"], header["vocab_counts"])
-    if vocab.digest() != header["vocab_digest"]:
+    if vocab.digest() != header["vocab_digest"] or \
+            (vocab_digest is not None and vocab_digest != header["vocab_digest"]):
         raise _invalid(path, "holds another vocabulary than its header says")
     ids = np.memmap(path, dtype="<i4", mode="r", offset=start, shape=(tokens,))
     offsets = np.fromfile(path, dtype="<i8", count=sentences + 1, offset=start + 4 * tokens)
@@ -307,25 +310,32 @@ def _split(ids: np.ndarray, offsets: np.ndarray, first: int, last: int) -> Encod
 
 def load_streamed(name: str, open_binary: Callable[[], IO[bytes]], source: str,
                   layout: TextLayout, *, min_freq: int, cache_folder: Path,
-                  identity: str | None = None, log: Log = print) -> StreamedCorpus:
+                  identity: str | None = None, vocab: Vocab | None = None,
+                  log: Log = print) -> StreamedCorpus:
     """The corpus from its cache, building (or rebuilding) the cache when needed.
+
+    `vocab` imposes a vocabulary (another corpus's: the benchmarks compare corpus lengths at
+    one vocabulary) instead of the one `min_freq` gives; it is part of the key.
 
     `identity` is the content's sha256 when the caller has it already (text8's checksum
     pass); else it is computed here in one pass.
     """
     digest = identity or content_sha256(open_binary, source)
-    key = cache_key(digest, layout, min_freq)
+    given = vocab.digest() if vocab is not None else None
+    key = cache_key(digest, layout, min_freq, given or "")
     path = cache_folder / f"{Path(name).name}-{key[:20]}.tokens"
     opened = None
     if path.is_file():
         try:
-            opened = open_cache(path, identity=digest, layout=layout, min_freq=min_freq)
+            opened = open_cache(path, identity=digest, layout=layout, min_freq=min_freq,
+                                vocab_digest=given)
         except (DataError, OSError, ValueError, KeyError, TypeError) as error:
             log(f"token cache {path} is unusable ({_one_line(error)}); rebuilding it")
     if opened is None:
         build_cache(path, open_binary, source, layout, identity=digest, min_freq=min_freq,
-                    log=log)
-        opened = open_cache(path, identity=digest, layout=layout, min_freq=min_freq)
+                    vocab=vocab, log=log)
+        opened = open_cache(path, identity=digest, layout=layout, min_freq=min_freq,
+                            vocab_digest=given)
     header, vocab, ids, offsets = opened
     train_sentences, sentences = int(header["train_sentences"]), int(header["sentences"])
     train = _split(ids, offsets, 0, train_sentences)
