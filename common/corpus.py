@@ -298,14 +298,11 @@ def read_lee() -> Corpus:
 
 
 def read_text(path: str | os.PathLike) -> Corpus:
-    """Any UTF-8 text file, one sentence per line, whitespace tokens; blank lines skipped."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise DataError(f"corpus file {file} does not exist; give a UTF-8 text file, or one "
-                        f"of {', '.join(NAMES)}")
-    if file.is_dir():
-        raise DataError(f"corpus {file} is a folder, not a text file; for a PTB folder use "
-                        f"--data {file}")
+    """Any UTF-8 text file, one sentence per line, whitespace tokens; blank lines skipped.
+
+    Read whole (small files, tests); training streams files through `common.token_cache`.
+    """
+    file = Path(text_file_source(path).source)
     text = _decode(_read_bytes(file, str(file)), str(file))
     sentences = [words for words in map(str.split, text.splitlines()) if words]
     return _nonempty(Corpus(str(path), sentences, str(file)))
