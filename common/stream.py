@@ -273,6 +273,7 @@ class EpochData:
         cached = self._plan
         if cached is not None and cached[0] == epoch:
             return cached[1]
+        self._plan = None  # the previous epoch's plan goes before the next one is drawn
         centres = self._static_centres if self.mode == "static" \
             else self._centres(self._stream(epoch))
         order = np.arange(len(centres), dtype=_index_dtype(len(centres)))

@@ -231,3 +231,47 @@ def test_streamed_text_file_equals_the_whole_file_reader(tmp_path, monkeypatch):
     sentences = corpus.read_text(text).sentences
     assert data.epochs.corpus.to_lists() == data.vocab.encode(sentences).to_lists()
     assert data.vocab.idx_to_token[1] == "the" and "café" in data.vocab.token_to_idx
+
+
+def test_text8_downloads_into_the_cache_verified_and_never_half(text8, tmp_path, monkeypatch):
+    """A local server stands in for mattmahoney.net: the good zip lands in the cache whole;
+    a zip of other text is refused and leaves nothing behind."""
+    import http.server
+    import threading
+
+    payloads = {"/text8.zip": zipped(text8, tmp_path / "good.zip").read_bytes()}
+    other = tmp_path / "other"
+    other.mkdir()
+    payloads["/other.zip"] = zipped(make_text8(other, seed=2), tmp_path / "bad.zip").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = payloads.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    monkeypatch.setenv("no_proxy", "*")
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    cache = tmp_path / "xdg" / "w2v-multi"
+    try:
+        monkeypatch.setenv(corpus.ENV_TEXT8_URL, f"{url}/other.zip")
+        with pytest.raises(ChecksumError, match="sha256"):
+            corpus.text8_source(log=lambda line: None)
+        assert not list(cache.glob("*text8*"))  # neither the zip nor a partial download
+        monkeypatch.setenv(corpus.ENV_TEXT8_URL, f"{url}/text8.zip")
+        source = corpus.text8_source(log=lambda line: None)
+        assert source.source == f"{cache / 'text8.zip'}:text8"
+        assert sorted(p.name for p in cache.iterdir()) == ["text8.zip"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
