@@ -190,7 +190,8 @@ class _Session:
 
         position = result.position if result is not None else None
         with _stop_on_signals() as stop:
-            result = train(self.backend, lambda epoch, start: prefetch(self.data.batches(epoch, start)),
+            result = train(self.backend,
+                           lambda epoch, start: prefetch(self.data.batches(epoch, start)),
                            self.data.num_batches, self.config.epochs, progress=self.progress,
                            log=self.log, on_epoch_end=epoch_end, result=result,
                            position=position, should_stop=stop)

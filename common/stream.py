@@ -24,7 +24,6 @@ O(batch) per batch, plus the corpus itself (memory-mapped from the token cache f
 from __future__ import annotations
 
 import functools
-import math
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -346,10 +345,3 @@ def plan_bytes(num_centres: int, num_tokens: int) -> int:
     """Bytes of one epoch's plan (centres + order), the pipeline's only per-epoch memory."""
     return num_centres * (np.dtype(_index_dtype(num_tokens)).itemsize
                           + np.dtype(_index_dtype(num_centres)).itemsize)
-
-
-def batch_bytes(batch_size: int, max_window_size: int, num_noise_words: int) -> int:
-    """Bytes of one batch and its temporaries (rows, masks, labels, noise draws): about 10x
-    the int32 rows of width 2M(1 + K), a bound the preflight can use."""
-    width = 2 * max_window_size * (1 + num_noise_words)
-    return 10 * batch_size * width * 4 + math.ceil(batch_size / 8)

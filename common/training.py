@@ -180,7 +180,8 @@ def train(backend: Any, epoch_batches: Callable[[int, int], Iterable[Batch]],
 
     `epoch_batches(epoch, start)` yields the epoch's batches (shuffled, possibly re-sampled)
     from batch `start` on, and must yield the same ones whenever asked: a resumed epoch
-    starts after the `position.batch` already trained, without making them. `batches_per_epoch(epoch)` is their count, for the progress bar and the
+    starts after the `position.batch` already trained, without making them.
+    `batches_per_epoch(epoch)` is their count, for the progress bar and the
     report points. `on_epoch_end` lets the caller checkpoint and plot, outside the timed
     region. `should_stop(position)` is asked after every group of steps; when it says yes the
     pending losses are fetched and the result comes back with `result.position` set to where
