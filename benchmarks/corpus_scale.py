@@ -14,7 +14,9 @@ dense Adam). The files go to `--work` (default /tmp/w2v-corpus-scale; 100M token
 - one point per backend: the data again (now from the cache), the model, then a bounded number
   of optimiser steps (`--steps` after 3 warm-up steps; never a whole epoch: dense Adam at this
   vocabulary takes about half an hour per 17M-token epoch), batches made by the prefetch
-  thread as in training. Centre words/s over the timed steps.
+  thread as in training. Centre words/s over the timed steps. `--optimizer` picks the
+  backends' optimiser (dense `adam` by default; `--render` shows `--optimizer`'s rows), so the
+  sparse optimisers can be measured on the same corpora beside gensim.
 - `gensim` (2 workers): `build_vocab` over the whole file (its data build), then `train` on
   the first `--peer-lines` lines (1,000 tokens each), effective words/s.
 
@@ -126,8 +128,9 @@ def point_data(work: Path, tokens: int) -> dict[str, Any]:
             "cache_mib": data.cache.stat().st_size / 2**20, **watch.stop()}
 
 
-def point_backend(work: Path, tokens: int, name: str, steps: int) -> dict[str, Any]:
-    """Data (from the cache), the model, then `steps` timed dense-Adam steps."""
+def point_backend(work: Path, tokens: int, name: str, steps: int,
+                  optimizer: str = "adam") -> dict[str, Any]:
+    """Data (from the cache), the model, then `steps` timed optimiser steps."""
     import backends
     from common.batching import prefetch
     from common.training import real_examples
@@ -135,7 +138,7 @@ def point_backend(work: Path, tokens: int, name: str, steps: int) -> dict[str, A
     watch = MemoryWatch()
     backend_class = backends.load(name)
     data, seconds = _prepare(work, tokens, fixed_shapes=backend_class.fixed_shapes)
-    backend = backend_class(len(data.vocab), 100, lr=0.002, seed=0, optimizer="adam")
+    backend = backend_class(len(data.vocab), 100, lr=0.002, seed=0, optimizer=optimizer)
     backend.init_params(0)
     batches = prefetch(data.batches(0))
     for _ in range(WARMUP_STEPS):  # compilation and first-touch of the tables and moments
@@ -192,7 +195,7 @@ def _child(args: argparse.Namespace) -> int:
     elif point == "gensim":
         record = point_gensim(args.work, tokens, args.peer_lines)
     else:
-        record = point_backend(args.work, tokens, point, args.steps)
+        record = point_backend(args.work, tokens, point, args.steps, args.optimizer)
     print(json.dumps(record))
     return 0
 
@@ -201,7 +204,7 @@ def measure(args: argparse.Namespace, point: str, tokens: int) -> dict[str, Any]
     """One point in a fresh interpreter (its own peak memory), under the benchmark lock."""
     command = [sys.executable, "-m", "benchmarks.corpus_scale", "--child", point, str(tokens),
                "--work", str(args.work), "--steps", str(args.steps),
-               "--peer-lines", str(args.peer_lines)]
+               "--peer-lines", str(args.peer_lines), "--optimizer", args.optimizer]
     environment = dict(os.environ, XDG_CACHE_HOME=str(_cache(args.work)))
     with machine.cpu_lock():
         if point == "data":  # a cold build: this corpus's token caches go first
@@ -215,7 +218,7 @@ def measure(args: argparse.Namespace, point: str, tokens: int) -> dict[str, Any]
     record = json.loads(done.stdout.strip().splitlines()[-1])
     return machine.stamp({"benchmark": "corpus_scale", "point": point, "tokens": tokens,
                           "types": TYPES, "zipf_exponent": EXPONENT, "line_length": LINE_LENGTH,
-                          "min_freq": MIN_FREQ, "optimizer": "adam",
+                          "min_freq": MIN_FREQ, "optimizer": args.optimizer,
                           "vocab_from_tokens": tokens if point == "gensim"  # its own vocabulary
                           else SAME_VOCAB_AS.get(tokens, tokens), **record})
 
@@ -244,10 +247,12 @@ def run(args: argparse.Namespace) -> None:
             machine.append_jsonl(args.out, row)
 
 
-def latest(path: Path = JSONL) -> dict[tuple[str, int], dict[str, Any]]:
+def latest(path: Path = JSONL, optimizer: str = "adam") -> dict[tuple[str, int], dict[str, Any]]:
+    """The newest row of each (point, tokens) measured with `optimizer` (gensim: always)."""
     newest: dict[tuple[str, int], dict[str, Any]] = {}
     for row in machine.read_jsonl(path):
-        if row.get("benchmark") == "corpus_scale":
+        if row.get("benchmark") == "corpus_scale" and (
+                row["point"] in ("data", "gensim") or row.get("optimizer") == optimizer):
             newest[(row["point"], row["tokens"])] = row
     return newest
 
@@ -258,7 +263,8 @@ def targets(rows: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
     torch17 = rows.get(("torch", 17 * 10**6))
     if torch17:
         value = torch17["peak_rss_mib"]
-        lines.append(f"torch peak resident memory at 17M tokens, dense Adam: {value:,.0f} MiB "
+        lines.append(f"torch peak resident memory at 17M tokens, optimizer "
+                     f"{torch17.get('optimizer', 'adam')}: {value:,.0f} MiB "
                      f"(target <= 1,536 MiB: {'met' if value <= 1536 else 'NOT met'})")
     for point in ("torch", "numpy", "jax", "tf", "mxnet"):
         small, large = rows.get((point, 17 * 10**6)), rows.get((point, 10**8))
@@ -275,8 +281,8 @@ def targets(rows: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
     return lines
 
 
-def table(path: Path = JSONL) -> str:
-    rows = latest(path)
+def table(path: Path = JSONL, optimizer: str = "adam") -> str:
+    rows = latest(path, optimizer)
     if not rows:
         return ""
     lines = ["| tokens | point | vocabulary | data build s | centre words/s | epoch s (est.) | "
@@ -299,20 +305,22 @@ def table(path: Path = JSONL) -> str:
     return "\n".join(lines)
 
 
-def render(path: Path = JSONL) -> list[Path]:
+def render(path: Path = JSONL, optimizer: str = "adam") -> list[Path]:
     """corpus_scale.md (table and targets) and corpus_scale.png (build s, memory vs tokens)."""
     from common.io import atomic_path, write_text
 
-    rows = latest(path)
+    rows = latest(path, optimizer)
     if not rows:
         return []
     any_row = next(iter(rows.values()))
     header = (f"Synthetic Zipf corpora (exponent {EXPONENT}, {TYPES:,} types, lines of "
               f"{LINE_LENGTH:,} tokens, seed {SEED}), `--min-freq {MIN_FREQ}`, chapter settings, "
-              f"dense Adam; {any_row.get('cpu', '?')}, {any_row.get('threads', '?')} threads. "
+              f"optimizer {optimizer}; {any_row.get('cpu', '?')}, "
+              f"{any_row.get('threads', '?')} threads. "
               f"Speed over a bounded number of steps, not a whole epoch; the 100M corpus trains "
               f"with the 17M corpus's vocabulary. `python -m benchmarks.corpus_scale`.\n\n")
-    body = header + table(path) + "\n\n" + "\n".join(f"- {line}" for line in targets(rows))
+    body = header + table(path, optimizer) + "\n\n" + \
+        "\n".join(f"- {line}" for line in targets(rows))
     written = [write_text(path.parent / "corpus_scale.md", body + "\n")]
     import matplotlib
 
@@ -359,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(SIZES))
     parser.add_argument("--backends", nargs="*", default=["numpy", "torch", "jax", "tf"])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per backend")
+    parser.add_argument("--optimizer", default="adam",
+                        help="the backends' optimiser (a TrainConfig value, e.g. sparse_adam)")
     parser.add_argument("--peer-lines", type=int, default=1000,
                         help="lines (of 1,000 tokens) gensim trains on")
     parser.add_argument("--no-peer", action="store_true", help="leave gensim out")
@@ -382,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if args.clean:
                 shutil.rmtree(args.work, ignore_errors=True)
-    for written in render(args.out):
+    for written in render(args.out, args.optimizer):
         print(f"wrote {written}")
-    for line in targets(latest(args.out)):
+    for line in targets(latest(args.out, args.optimizer)):
         print(line)
     return 0
 

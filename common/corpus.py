@@ -327,6 +327,9 @@ def load_corpus(corpus: str = "auto", data: str | None = None, *, split: str = "
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if corpus == "text8":  # 17M tokens as Python strings would take gigabytes
+        raise ConfigError("text8 is streamed into the token cache, not read whole: use "
+                          "common.data.load_encoded (as `w2v train --corpus text8` does)")
     if corpus in ("ptb", "auto"):
         explicit = bool(data or os.environ.get(ENV_DATA))
         try:

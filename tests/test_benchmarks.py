@@ -80,7 +80,7 @@ def test_corpus_scale_states_each_target_with_its_figure():
             ("torch", 10**8): {"peak_rss_mib": 1900.0, "peak_anon_mib": 1600.0},
             ("data", 17 * 10**6): {"build_seconds": 25.0}}
     lines = targets(rows)
-    assert lines[0].endswith("1,200 MiB (target <= 1,536 MiB: met)")
+    assert lines[0].endswith("adam: 1,200 MiB (target <= 1,536 MiB: met)")
     assert "= 1.60 (target <= 1.5: NOT met)" in lines[1]
     assert lines[2] == "data build at 17M tokens: 25.0 s (target <= 20 s: NOT met)"
 
