@@ -4,9 +4,10 @@
 
 The streaming pipeline (`common.stream`) on one core: the epoch's plan (subsample, the centres
 and their shuffled order), then one epoch's batches made from it, each batch's contexts, noise,
-masks and labels drawn when it is asked for. Targets (one core): the plan <= 0.5 s; one
-epoch's batches <= 2 s (training runs them on a second core through `prefetch`, and the
-fastest backend's PTB epoch takes about 3 s); a re-sampled epoch (plan + batches) <= 2.5 s.
+masks and labels drawn when it is asked for, or (PTB's padded rows fit in
+`common.stream.MATERIALIZE_BYTES`, as in training) drawn whole once and gathered. Targets (one
+core): the plan <= 0.5 s; one epoch's batches drawn one by one <= 2 s; a re-sampled epoch
+(plan, rows, batches) <= 2.5 s.
 Prints a table and one JSON line (appended to `--out` as well, when given).
 """
 from __future__ import annotations
@@ -91,17 +92,31 @@ def main(argv: list[str] | None = None) -> int:
     def epoch_batches(data: EpochData) -> int:
         return sum(len(batch.centers) for batch in data.batches(next(epochs)))
 
-    batches_s, _ = timed(lambda: epoch_batches(static), args.repeat)
+    streamed = epoch_data("static", materialize_bytes=0)  # every batch drawn when asked for
+    batches_s, _ = timed(lambda: epoch_batches(streamed), args.repeat)
     width = 2 * args.max_window_size * (1 + args.num_noise_words)
-    fixed = epoch_data("static", fixed_length=width, pad_last_batch=True)
+    fixed = epoch_data("static", fixed_length=width, pad_last_batch=True, materialize_bytes=0)
     fixed_s, _ = timed(lambda: epoch_batches(fixed), args.repeat)
+    # PTB's padded rows fit MATERIALIZE_BYTES: training draws them once (static) and gathers.
+    def epoch_rows() -> int:  # afresh each time: a new EpochData, its plan made first
+        data = epoch_data("static")
+        plan = data.plan(0)
+        started = time.perf_counter()
+        data._epoch_rows(0, plan)
+        return time.perf_counter() - started
+
+    rows_s = [epoch_rows() for _ in range(args.repeat)]
+    epoch_batches(static)  # makes its rows; the timed epochs below only gather
+    gathered_s, _ = timed(lambda: epoch_batches(static), args.repeat)
     resample = epoch_data("resample")
-    resample_s, _ = timed(lambda: epoch_batches(resample), args.repeat)  # plan + batches
+    resample_s, _ = timed(lambda: epoch_batches(resample), args.repeat)  # plan + rows + batches
     rows += [("epoch plan (subsample, centres, order)", "plan", plan_s),
              ("noise sampler (alias table)", "noise_sampler", sampler_s),
-             ("one epoch's batches (batch's own L)", "epoch_batches", batches_s),
-             ("one epoch's batches (fixed L, padded)", "epoch_batches_fixed", fixed_s),
-             ("re-sampled epoch (plan + batches)", "resample_epoch", resample_s)]
+             ("one epoch's batches, each drawn (own L)", "epoch_batches", batches_s),
+             ("one epoch's batches, each drawn (fixed L)", "epoch_batches_fixed", fixed_s),
+             ("the epoch's rows drawn whole", "epoch_rows", rows_s),
+             ("one epoch's batches gathered from them", "epoch_gathered", gathered_s),
+             ("re-sampled epoch (plan + rows + batches)", "resample_epoch", resample_s)]
 
     # Memory: the process peak so far, then the traced peak of one re-sampled epoch alone
     # (tracemalloc slows allocation, so it stays out of the timings above).

@@ -85,11 +85,14 @@ def test_keyed_uniforms_depend_only_on_key_and_counter():
 
 @pytest.mark.parametrize("mode", ["static", "resample"])
 def test_batches_are_the_same_however_the_work_is_chunked(corpus, counts, mode):
-    """Plan chunks of any size, batches made in any order or in pieces: the same examples."""
-    reference = epochs_of(corpus, counts, mode=mode)
+    """Plan chunks of any size, batches made one by one or from the epoch's rows made whole,
+    in any order or in pieces: the same examples."""
+    reference = epochs_of(corpus, counts, mode=mode)  # small: its rows are made whole
     expected = [list(reference.batches(epoch)) for epoch in range(2)]
-    for chunk_tokens in (1, 37, 400):
-        other = epochs_of(corpus, counts, mode=mode, chunk_tokens=chunk_tokens)
+    assert reference._rows is not None
+    for chunk_tokens, materialize_bytes in ((1, 0), (37, 1 << 30), (400, 0)):
+        other = epochs_of(corpus, counts, mode=mode, chunk_tokens=chunk_tokens,
+                          materialize_bytes=materialize_bytes)
         # Epochs asked in reverse, batches in reverse: nothing depends on what came before.
         for epoch in (1, 0):
             backwards = [other.batch(epoch, i) for i in reversed(range(other.num_batches(epoch)))]
@@ -289,7 +292,8 @@ def test_a_vocabulary_too_small_for_noise_is_a_data_error():
 
 
 def test_memory_is_the_plan_not_the_padded_epoch():
-    """The plan is 8 bytes per centre; batches are made one at a time (tracemalloc)."""
+    """The plan is 8 bytes per centre; batches are made one at a time (tracemalloc), unless
+    the epoch's rows fit `materialize_bytes` (not here: 0)."""
     import tracemalloc
 
     rng = np.random.default_rng(12)
@@ -300,7 +304,7 @@ def test_memory_is_the_plan_not_the_padded_epoch():
     tracemalloc.start()
     try:
         epochs = EpochData(corpus, counts, max_window_size=5, num_noise_words=5, t=1.0,
-                           batch_size=256, seed=0)
+                           batch_size=256, seed=0, materialize_bytes=0)  # made one by one
         for _ in epochs.batches(0):
             pass
         peak = tracemalloc.get_traced_memory()[1]
