@@ -2,9 +2,13 @@
 
     python -m benchmarks.pipeline --data /path/to/ptb.zip      (or env W2V_PTB)
 
-Targets (one core): static build (subsample + centres/contexts + noise) <= 1.5 s, a
-re-sampled epoch <= 1 s, iterating one epoch's batches <= 0.5 s. Prints a table and one
-JSON line (appended to `--out` as well, when given).
+The streaming pipeline (`common.stream`) on one core: the epoch's plan (subsample, the centres
+and their shuffled order), then one epoch's batches made from it, each batch's contexts, noise,
+masks and labels drawn when it is asked for, or (PTB's padded rows fit in
+`common.stream.MATERIALIZE_BYTES`, as in training) drawn whole once and gathered. Targets (one
+core): the plan <= 0.5 s; one epoch's batches drawn one by one <= 2 s; a re-sampled epoch
+(plan, rows, batches) <= 2.5 s.
+Prints a table and one JSON line (appended to `--out` as well, when given).
 """
 from __future__ import annotations
 
@@ -28,13 +32,12 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common.batching import EpochData, iterate_batches, num_batches  # noqa: E402
 from common.corpus import read_ptb  # noqa: E402
-from common.sampling import (NoiseSampler, build_dataset, centers_and_contexts,  # noqa: E402
-                             draw_negatives, subsample)
+from common.sampling import NoiseSampler  # noqa: E402
+from common.stream import EpochData, plan_bytes  # noqa: E402
 from common.vocab import Vocab  # noqa: E402
 
-TARGETS = {"static_build": 1.5, "resample_epoch": 1.0, "iterate_epoch": 0.5}
+TARGETS = {"plan": 0.5, "epoch_batches": 2.0, "resample_epoch": 2.5}
 
 
 def timed(function: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
@@ -78,66 +81,65 @@ def main(argv: list[str] | None = None) -> int:
     rows += [("read PTB", "read", read_s), ("build vocabulary", "vocab", vocab_s),
              ("encode corpus", "encode", encode_s)]
 
-    # The phases, separately, then the whole static build as training runs it.
-    subsample_s, kept = timed(lambda: subsample(corpus, vocab.counts, args.t, rng), args.repeat)
-    pairs_s, pairs = timed(lambda: centers_and_contexts(kept, args.max_window_size, rng),
-                           args.repeat)
-    sampler_s, sampler = timed(lambda: NoiseSampler(vocab.counts), args.repeat)
-    noise_s, data = timed(lambda: draw_negatives(pairs, sampler, args.num_noise_words, rng),
-                          args.repeat)
-    static_s, data = timed(lambda: build_dataset(corpus, vocab.counts, rng=rng, **sampling),
-                           args.repeat)
-    rows += [("  subsample", "subsample", subsample_s),
-             ("  centres and contexts", "centers_and_contexts", pairs_s),
-             ("  noise sampler (alias table)", "noise_sampler", sampler_s),
-             ("  noise words", "noise_words", noise_s),
-             ("static build (all three)", "static_build", static_s)]
+    def epoch_data(mode: str, **options: Any) -> EpochData:
+        return EpochData(corpus, vocab.counts, batch_size=args.batch_size, seed=args.seed,
+                         mode=mode, **sampling, **options)
 
-    resample = EpochData(corpus, vocab.counts, batch_size=args.batch_size, rng=rng,
-                         mode="resample", **sampling)
+    plan_s, static = timed(lambda: epoch_data("static"), args.repeat)
+    sampler_s, _ = timed(lambda: NoiseSampler(vocab.counts), args.repeat)
     epochs = iter(range(10**6))
 
-    def resampled_epoch() -> int:  # streamed: plan, draw chunk by chunk, cut the batches
-        return sum(len(batch.centers) for batch in resample.batches(next(epochs)))
+    def epoch_batches(data: EpochData) -> int:
+        return sum(len(batch.centers) for batch in data.batches(next(epochs)))
 
-    resample_s, _ = timed(resampled_epoch, args.repeat)
-    rows.append(("re-sampled epoch (streamed, batches cut)", "resample_epoch", resample_s))
+    streamed = epoch_data("static", materialize_bytes=0)  # every batch drawn when asked for
+    batches_s, _ = timed(lambda: epoch_batches(streamed), args.repeat)
+    width = 2 * args.max_window_size * (1 + args.num_noise_words)
+    fixed = epoch_data("static", fixed_length=width, pad_last_batch=True, materialize_bytes=0)
+    fixed_s, _ = timed(lambda: epoch_batches(fixed), args.repeat)
+    # PTB's padded rows fit MATERIALIZE_BYTES: training draws them once (static) and gathers.
+    def epoch_rows() -> int:  # afresh each time: a new EpochData, its plan made first
+        data = epoch_data("static")
+        plan = data.plan(0)
+        started = time.perf_counter()
+        data._epoch_rows(0, plan)
+        return time.perf_counter() - started
 
-    def iterate(**options: Any) -> int:
-        return sum(len(batch.centers)
-                   for batch in iterate_batches(data, args.batch_size, rng, **options))
+    rows_s = [epoch_rows() for _ in range(args.repeat)]
+    epoch_batches(static)  # makes its rows; the timed epochs below only gather
+    gathered_s, _ = timed(lambda: epoch_batches(static), args.repeat)
+    resample = epoch_data("resample")
+    resample_s, _ = timed(lambda: epoch_batches(resample), args.repeat)  # plan + rows + batches
+    rows += [("epoch plan (subsample, centres, order)", "plan", plan_s),
+             ("noise sampler (alias table)", "noise_sampler", sampler_s),
+             ("one epoch's batches, each drawn (own L)", "epoch_batches", batches_s),
+             ("one epoch's batches, each drawn (fixed L)", "epoch_batches_fixed", fixed_s),
+             ("the epoch's rows drawn whole", "epoch_rows", rows_s),
+             ("one epoch's batches gathered from them", "epoch_gathered", gathered_s),
+             ("re-sampled epoch (plan + rows + batches)", "resample_epoch", resample_s)]
 
-    iterate_s, _ = timed(iterate, args.repeat)
-    fixed_s, _ = timed(lambda: iterate(fixed_length=data.contexts_negatives.shape[1],
-                                       pad_last_batch=True), args.repeat)
-    rows += [("iterate epoch (batch's own L)", "iterate_epoch", iterate_s),
-             ("iterate epoch (fixed L, padded)", "iterate_epoch_fixed", fixed_s)]
-
-    # Memory: the process peak so far, then the traced peak of one static build alone
+    # Memory: the process peak so far, then the traced peak of one re-sampled epoch alone
     # (tracemalloc slows allocation, so it stays out of the timings above).
     max_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tracemalloc.start()
-    build_dataset(corpus, vocab.counts, rng=rng, **sampling)
-    build_peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    tracemalloc.start()
-    resampled_epoch()
+    epoch_batches(resample)
     resample_peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
+    examples = static.num_examples(0)
+    context_words = int(static.dataset(0).num_contexts.sum())
 
     record: dict[str, Any] = {
         "benchmark": "pipeline", "python": platform.python_version(), "numpy": np.__version__,
         "pinned_one_core": not args.all_cores, "repeat": args.repeat,
         "sentences": len(sentences), "tokens": int(len(corpus.tokens)), "vocab_size": len(vocab),
-        "examples": data.num_examples, "context_words": int(data.num_contexts.sum()),
-        "batches": num_batches(data.num_examples, args.batch_size),
-        "dataset_mib": round(sum(a.nbytes for a in data) / 2**20, 1),
+        "examples": examples, "context_words": context_words,
+        "batches": static.num_batches(0),
+        "plan_mib": round(plan_bytes(examples, len(corpus.tokens)) / 2**20, 1),
         "max_rss_mib": round(max_rss_mib, 1),
-        "static_build_traced_peak_mib": round(build_peak_mib, 1),
         "resample_epoch_traced_peak_mib": round(resample_peak_mib, 1),
     }
     print(f"PTB: {len(sentences):,} sentences, {len(corpus.tokens):,} tokens, vocabulary "
-          f"{len(vocab):,}; {data.num_examples:,} centres, {record['context_words']:,} context "
+          f"{len(vocab):,}; {examples:,} centres, {record['context_words']:,} context "
           f"words, {record['batches']} batches of {args.batch_size}")
     print(f"NumPy {np.__version__}, Python {platform.python_version()}, "
           f"{'one core' if not args.all_cores else 'all cores'}, {args.repeat} repeats\n")
@@ -152,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:42} {median:9.3f} {min(seconds):8.3f} "
               f"{'' if target is None else f'{target:.1f}':>9}{verdict}")
         record[f"{key}_s"] = round(median, 4)
-    print(f"\npeak memory: {max_rss_mib:.0f} MiB resident (process), one static build "
-          f"{build_peak_mib:.0f} MiB traced (the dataset itself {record['dataset_mib']} MiB), "
-          f"one streamed re-sampled epoch {resample_peak_mib:.0f} MiB traced")
+    print(f"\npeak memory: {max_rss_mib:.0f} MiB resident (process); the epoch's plan "
+          f"{record['plan_mib']} MiB; one re-sampled epoch, plan and batches, "
+          f"{resample_peak_mib:.0f} MiB traced")
     record["targets_met"] = not failed
     line = json.dumps(record, sort_keys=True)
     print(line)

@@ -2,17 +2,18 @@
 
     python -m benchmarks.pipeline_scaling [--sizes 1M 10M 50M] [--render]
 
-A corpus of N tokens is drawn from a seed with NumPy: 50,000 word types with Zipf frequencies
-(exponent 1.1; after subsampling 40% of the tokens remain, as on PTB), sentences of
-1 + Poisson(19) tokens. It is generated afresh in each measurement, never stored.
+A corpus of N tokens is drawn by the shared generator (`benchmarks.zipf`): 50,000 word types
+with Zipf frequencies (exponent 1.1; after subsampling 40% of the tokens remain, as on PTB),
+sentences of 1 + Poisson(19) tokens. It is generated afresh in each measurement, never stored.
 Every point runs in a fresh subprocess, so its peak resident memory (`ru_maxrss`) is its own:
 
 - `vocab`: `Vocab(sentences, min_freq=10)` and `encode` over the corpus as lists of strings
   (the form `w2v train` reads), seconds of each; the string corpus itself dominates memory.
 - `static` / `resample`: the chapter's settings (window 5, 5 noise words, t = 1e-4, batch 512)
-  on the encoded corpus: seconds to build (`static`: the whole dataset; `resample`: the epoch's
-  plan, i.e. the subsample counts) and to produce one epoch's batches, and the peak memory
-  above the encoded corpus. `static` holds every centre's padded row; `resample` streams.
+  on the encoded corpus: seconds to build the epoch's plan (its centres and their order) and
+  to make one epoch's batches from it, and the peak memory above the encoded corpus. Both
+  stream (`common.stream`): they differ only in which key the draws take. (Before the
+  streaming pipeline `static` held every centre's padded row: 5.6 GB at text8's size.)
 
 A `static` point whose memory, extrapolated linearly from a smaller measured one, would take
 more than half of the machine's available memory is not run: its row says "extrapolated".
@@ -33,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import machine, zipf
 
 JSONL = machine.RESULTS / "pipeline_scaling.jsonl"
 TYPES, EXPONENT, MEAN_SENTENCE = 50_000, 1.1, 20
 SAMPLING = dict(max_window_size=5, num_noise_words=5, t=1e-4)
 BATCH_SIZE, MIN_FREQ = 512, 10
 POINTS = ("vocab", "resample", "static")
-_DRAW_CHUNK = 1 << 18  # small temporaries, so generating never sets the peak
+_DRAW_CHUNK = 1 << 18  # small temporaries, so encoding never sets the peak
 
 
 def parse_size(text: str) -> int:
@@ -60,31 +61,9 @@ def label(tokens: int) -> str:
 
 
 def zipf_corpus(tokens: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, offsets): word ranks 0..TYPES-1 (0 most frequent) and sentence offsets.
-
-    Shapes: ids (tokens,) int32, offsets (S + 1,) int64.
-    """
-    rng = np.random.default_rng(seed)
-    # 5% more sentences than the mean needs, plus slack: the sum falls short with
-    # vanishing probability (checked, and the draw extended, anyway).
-    lengths = 1 + rng.poisson(MEAN_SENTENCE - 1, size=tokens // MEAN_SENTENCE * 21 // 20 + 100)
-    while lengths.sum() < tokens:
-        lengths = np.concatenate([lengths, 1 + rng.poisson(MEAN_SENTENCE - 1, size=1000)])
-    ends = np.cumsum(lengths)
-    count = int(np.searchsorted(ends, tokens)) + 1
-    lengths = lengths[:count]
-    lengths[-1] -= int(ends[count - 1]) - tokens
-    offsets = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    cdf = np.cumsum(np.arange(1, TYPES + 1, dtype=np.float64) ** -EXPONENT)
-    cdf /= cdf[-1]
-    ids = np.empty(tokens, dtype=np.int32)
-    for start in range(0, tokens, _DRAW_CHUNK):
-        part = ids[start:start + _DRAW_CHUNK]
-        drawn = np.searchsorted(cdf, rng.random(len(part)))
-        np.minimum(drawn, TYPES - 1, out=drawn)
-        part[:] = drawn
-    return ids, offsets
+    """(ids, offsets) from the shared generator with this benchmark's parameters."""
+    return zipf.zipf_corpus(tokens, types=TYPES, exponent=EXPONENT, line_length=MEAN_SENTENCE,
+                            seed=seed, poisson_lines=True)
 
 
 def encoded_corpus(tokens: int, seed: int = 0) -> tuple[Any, np.ndarray]:
@@ -134,15 +113,17 @@ def point_vocab(tokens: int) -> dict[str, Any]:
 
 def point_dataset(tokens: int, mode: str) -> dict[str, Any]:
     """Build `mode`'s epoch data and produce one epoch's batches; seconds and memory."""
-    from common.batching import EpochData
+    from common.stream import EpochData, plan_bytes
 
     corpus, counts = encoded_corpus(tokens)
     gc.collect()
     corpus_rss, before_peak = machine.rss_mib(), machine.peak_rss_mib()
     started = time.perf_counter()
-    epochs = EpochData(corpus, counts, batch_size=BATCH_SIZE, rng=np.random.default_rng(0),
-                       mode=mode, **SAMPLING)
-    batches = epochs.num_batches(0)  # resample: the plan (subsample counts) is drawn here
+    # Every batch drawn when asked for, at every size (training draws a small epoch's rows
+    # whole instead; `benchmarks.pipeline` measures that on PTB).
+    epochs = EpochData(corpus, counts, batch_size=BATCH_SIZE, seed=0, mode=mode,
+                       materialize_bytes=0, **SAMPLING)
+    batches = epochs.num_batches(0)  # the epoch's plan (centres, order) is drawn here
     build_seconds = time.perf_counter() - started
     started = time.perf_counter()
     produced = 0
@@ -160,8 +141,7 @@ def point_dataset(tokens: int, mode: str) -> dict[str, Any]:
               "peak_before_stage_mib": before_peak,
               # False: generating the corpus peaked higher, so the stage's peak is only bounded.
               "stage_set_peak": peak > before_peak}
-    if mode == "static":
-        record["dataset_mib"] = sum(a.nbytes for a in epochs.dataset(0)) / 2**20
+    record["plan_mib"] = plan_bytes(epochs.num_examples(0), tokens) / 2**20
     return record
 
 
@@ -193,7 +173,7 @@ def _extrapolated(tokens: int, smaller: dict[str, Any]) -> dict[str, Any]:
             "measured": False, "extrapolated_from": smaller["tokens"],
             "corpus_mib": smaller["corpus_mib"] * scale,
             "peak_above_corpus_mib": smaller["peak_above_corpus_mib"] * scale,
-            "dataset_mib": smaller["dataset_mib"] * scale,
+            "plan_mib": smaller.get("plan_mib", 0) * scale,
             "total_seconds": smaller["total_seconds"] * scale, "date": machine.now()}
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, pipeline_scaling, scaling
+from benchmarks import corpus_scale, machine, pipeline_scaling, scaling
 
 RESULTS = machine.RESULTS
 TARGETS = {"torch": 120_000, "jax": 120_000, "tf": 120_000, "mxnet": 80_000, "numpy": 15_000}
@@ -205,13 +205,15 @@ def devices_note() -> str:
 
 
 def render_all() -> list[Path]:
-    """latest.md, throughput.png, scaling_*.png, pipeline_scaling.{png,md}."""
+    """latest.md, throughput.png, scaling_*.png, pipeline_scaling.{png,md},
+    corpus_scale.{png,md}."""
     from common.io import write_text
 
     rows, quality, peers = throughput_rows(), quality_rows(), peer_rows()
     written = [p for p in [plot_throughput(rows, peers)] if p]
     written += scaling.render()
     written += pipeline_scaling.render()
+    written += corpus_scale.render()
     cpu = rows[0].get("cpu", "?") if rows else machine.cpu_model()
     sections = [
         ("", f"Unit: **centre words per second** (the chapter's \"tokens\"): real (unpadded) "
@@ -229,6 +231,8 @@ def render_all() -> list[Path]:
          "after warm-up; B batch size, E embedding size)", scaling.table()),
         ("Data pipeline on Zipf corpora (`pipeline_scaling.md` says how)",
          pipeline_scaling.table()),
+        ("Corpora past PTB: 1M to 100M tokens (`corpus_scale.md` says how)",
+         corpus_scale.table()),
     ]
     text = "# Benchmarks (rendered from the JSON lines by `python -m benchmarks.run --render`)\n"
     for heading, body in sections:

@@ -9,7 +9,9 @@ Steps (`--only` picks some): `throughput` (one epoch-timed figure per backend an
 `scaling` (centre words/s against batch and embedding size), `quality` (`w2v train` with the
 chapter's settings, 5 epochs: centre words/s, loss and WordSim353 rho), `pipeline` (Zipf
 corpora of 1M/10M/50M tokens, static vs resample), `peer` (gensim, 1 and 2 workers, 5 epochs;
-1 worker for 10 and 20 epochs). The last two run in the main environment only. Each
+1 worker for 10 and 20 epochs), `corpus_scale` (data build, speed and memory at 1M/17M/100M
+tokens; gensim beside in the main environment). `pipeline` and `peer` run in the main
+environment only. Each
 measurement is its own subprocess (a fresh framework, no cross-talk of thread pools) and holds
 the shared lock `/tmp/w2v-cpu.lock` (`W2V_BENCH_LOCK`; empty turns it off) only while it
 measures, so do not wrap `make bench` in `flock` (it would be harmless, but hold the lock for
@@ -35,7 +37,7 @@ ROOT = RESULTS.parent.parent
 THROUGHPUT = RESULTS / "throughput.jsonl"
 QUALITY = RESULTS / "quality.jsonl"
 DEVICES = RESULTS / "devices.json"
-STEPS = ("throughput", "scaling", "quality", "pipeline", "peer")
+STEPS = ("throughput", "scaling", "quality", "pipeline", "peer", "corpus_scale")
 
 
 def _run(command: list[str], *, lock: bool = True) -> int:
@@ -179,6 +181,13 @@ def run_all(environment: str, *, quick: bool, only: tuple[str, ...], data_path: 
         # Longer gensim trainings: what it reaches in as many seconds as our backends take.
         status |= _run([sys.executable, "-m", "benchmarks.peer", "--workers", "1", "--epochs",
                         "10", "20", *data])
+    if "corpus_scale" in only:
+        sizes = ["200k", "1M"] if quick else ["1M", "17M", "100M"]
+        status |= _run([sys.executable, "-m", "benchmarks.corpus_scale", "--sizes", *sizes,
+                        "--backends", *[n for n in names if environment == "main" or n != "numpy"],
+                        *(["--steps", "3"] if quick else []),
+                        *([] if environment == "main" else ["--no-peer"])],
+                       lock=False)  # locks per point
     render()
     return status
 

@@ -73,9 +73,12 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_flag("seed for sampling, shuffling and init"))
     corpus: str = field(
         default="auto",
-        metadata=_flag("ptb, lee, a text file, or auto (ptb, else lee when offline)"),
+        metadata=_flag("ptb, text8, lee, a text file (one sentence per line), or auto (ptb, "
+                       "else lee when offline)"),
     )
-    data: str | None = field(default=None, metadata=_flag("local ptb.zip or folder (env W2V_PTB)"))
+    data: str | None = field(default=None, metadata=_flag(
+        "local copy of the named corpus: ptb.zip or its folder (env W2V_PTB), text8 or "
+        "text8.zip (env W2V_TEXT8)"))
 
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first invalid field; return self for chaining."""

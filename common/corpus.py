@@ -1,4 +1,4 @@
-"""Corpora: d2l's PTB (located, downloaded, verified, cached), gensim's Lee corpus, a text file.
+"""Corpora: d2l's PTB and text8 (located, downloaded, verified, cached), gensim's Lee, a file.
 
 PTB is found in this order: an explicit `data` path, then env `W2V_PTB`, then the user cache
 (`$XDG_CACHE_HOME/w2v-multi/ptb.zip` or `~/.cache/w2v-multi/ptb.zip`), then a download into
@@ -7,6 +7,15 @@ Every zip is checked against PTB's sha1 (a user's zip too: a wrong file would si
 the wrong data; point at an extracted folder to use a modified copy). Splits are read straight
 from the zip, so nothing is ever extracted. Downloads stream to a temporary file beside the
 cache entry and are renamed into place only once verified, so the cache never holds half a file.
+
+text8 (the first 10**8 bytes of English Wikipedia, cleaned: 17,005,207 lowercase tokens on one
+line) is found the same way: `--data PATH` or env `W2V_TEXT8` (the file `text8` or its zip),
+the cache's `text8.zip`, a download from mattmahoney.net. Its content (the zip's `text8`
+member, or the file) must have text8's sha256, so the zip and an extracted copy are both
+checked. It has no sentences: it is cut into sentences of 1,000 tokens, as gensim's
+`Text8Corpus` does, and it has no split: its last 1,000,000 tokens are held out for the
+validation loss (PTB's valid file plays that part). text8 and text files are read as streams
+into the token cache (`common.token_cache`), never as Python lists of strings.
 """
 from __future__ import annotations
 
@@ -20,8 +29,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import IO, Callable, NamedTuple
 
 from common.errors import ChecksumError, ConfigError, DataError, DownloadError
 
@@ -30,7 +40,15 @@ PTB_SHA1 = "319d85e578af0cdc590547f26231e4e31cdf1e42"
 ENV_DATA = "W2V_PTB"
 ENV_URL = "W2V_PTB_URL"
 SPLITS = ("train", "valid", "test")
-NAMES = ("auto", "ptb", "lee")
+NAMES = ("auto", "ptb", "lee", "text8")
+TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
+TEXT8_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"  # of `text8`
+TEXT8_MEMBER = "text8"
+ENV_TEXT8 = "W2V_TEXT8"
+ENV_TEXT8_URL = "W2V_TEXT8_URL"
+TEXT8_SENTENCE_TOKENS = 1000     # gensim's Text8Corpus cuts its one line the same way
+TEXT8_HELDOUT_TOKENS = 1_000_000  # the last tokens, held out for the validation loss
+_TEXT8_HINT = "give a local copy (text8 or text8.zip) with --data PATH or W2V_TEXT8"
 _HINT = "give a local copy with --data PATH or W2V_PTB"
 _PTB_HINT = "give d2l's ptb.zip or a folder holding ptb.train.txt"
 _CHUNK = 1 << 20
@@ -68,8 +86,8 @@ def _error(kind: type[DataError], message: str, reason: str) -> DataError:
     return error
 
 
-def _download_error(url: str, dest: Path, reason: str) -> DataError:
-    return _error(DownloadError, f"could not download {dest.name} from {url} ({reason}); {_HINT}",
+def _download_error(url: str, dest: Path, reason: str, hint: str = _HINT) -> DataError:
+    return _error(DownloadError, f"could not download {dest.name} from {url} ({reason}); {hint}",
                   f"could not download {url}: {reason}")
 
 
@@ -90,8 +108,10 @@ def sha1_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, sha1: str, *, timeout: float = 30.0, log: Log = print) -> Path:
-    """Stream `url` to `dest`; it appears only whole and with the expected sha1."""
+def download(url: str, dest: Path, sha1: str | None, *, timeout: float = 30.0, log: Log = print,
+             verify: Callable[[Path], None] | None = None, hint: str = _HINT) -> Path:
+    """Stream `url` to `dest`; it appears only whole, with the expected sha1 (if given) and
+    passing `verify(temporary)` (if given: it raises a DataError to refuse the file)."""
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +119,7 @@ def download(url: str, dest: Path, sha1: str, *, timeout: float = 30.0, log: Log
                                              dir=dest.parent)
     except OSError as error:
         raise DataError(f"cannot write to the cache folder {dest.parent} "
-                        f"({_reason(error)}); {_HINT}") from None
+                        f"({_reason(error)}); {hint}") from None
     temporary_path = Path(temporary)
     log(f"downloading {url} to {dest}")
     try:
@@ -117,16 +137,19 @@ def download(url: str, dest: Path, sha1: str, *, timeout: float = 30.0, log: Log
                 received += len(error.partial)
             except (urllib.error.URLError, http.client.HTTPException, OSError,
                     ValueError) as error:
-                raise _download_error(url, dest, _reason(error)) from None
+                raise _download_error(url, dest, _reason(error), hint) from None
             out.flush()
             os.fsync(out.fileno())
         if expected is not None and received != expected:
-            raise _download_error(url, dest, f"truncated: got {received} of {expected} bytes")
+            raise _download_error(url, dest, f"truncated: got {received} of {expected} bytes",
+                                  hint)
         actual = digest.hexdigest()
-        if actual != sha1:
+        if sha1 is not None and actual != sha1:
             raise _error(ChecksumError, f"the download of {dest.name} from {url} has sha1 "
-                         f"{actual}, expected {sha1}; removed it; {_HINT}",
+                         f"{actual}, expected {sha1}; removed it; {hint}",
                          f"the download from {url} has the wrong sha1 {actual}")
+        if verify is not None:
+            verify(temporary_path)
         os.replace(temporary_path, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -284,27 +307,25 @@ def read_lee() -> Corpus:
 
 
 def read_text(path: str | os.PathLike) -> Corpus:
-    """Any UTF-8 text file, one sentence per line, whitespace tokens; blank lines skipped."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise DataError(f"corpus file {file} does not exist; give a UTF-8 text file, or one "
-                        f"of {', '.join(NAMES)}")
-    if file.is_dir():
-        raise DataError(f"corpus {file} is a folder, not a text file; for a PTB folder use "
-                        f"--data {file}")
-    _require_regular(file, "corpus")
+    """Any UTF-8 text file, one sentence per line, whitespace tokens; blank lines skipped.
+
+    Read whole (small files, tests); training streams files through `common.token_cache`.
+    """
+    file = Path(text_file_source(path).source)
     text = _decode(_read_bytes(file, str(file)), str(file))
     sentences = [words for words in map(str.split, text.splitlines()) if words]
     return _nonempty(Corpus(str(path), sentences, str(file)))
 
 
 def has_split(corpus: str | Corpus, split: str) -> bool:
-    """Whether `split` can exist for `corpus`: "train" always, "valid"/"test" for PTB only.
+    """Whether `split` can exist for `corpus`: "train" always, "valid"/"test" for PTB, and
+    "valid" for text8 (its held-out last tokens).
 
     "auto" counts as PTB; if it falls back to Lee, `load_corpus` raises for those splits.
     """
     name = corpus.name if isinstance(corpus, Corpus) else corpus
-    return split == "train" or (split in SPLITS and name in ("ptb", "auto"))
+    return split == "train" or (split in SPLITS and name in ("ptb", "auto")) or \
+        (split == "valid" and name == "text8")
 
 
 def load_corpus(corpus: str = "auto", data: str | None = None, *, split: str = "train",
@@ -315,6 +336,9 @@ def load_corpus(corpus: str = "auto", data: str | None = None, *, split: str = "
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if corpus == "text8":  # 17M tokens as Python strings would take gigabytes
+        raise ConfigError("text8 is streamed into the token cache, not read whole: use "
+                          "common.data.load_encoded (as `w2v train --corpus text8` does)")
     if corpus in ("ptb", "auto"):
         explicit = bool(data or os.environ.get(ENV_DATA))
         try:
@@ -335,3 +359,108 @@ def load_corpus(corpus: str = "auto", data: str | None = None, *, split: str = "
         raise DataError(f"corpus {corpus} has only a train split, not {split!r}; the valid and "
                         f"test splits exist only for ptb")
     return read_lee() if corpus == "lee" else read_text(corpus)
+
+
+# -- text8 ------------------------------------------------------------------------------------
+
+
+class TextSource(NamedTuple):
+    """A text read as a stream: how to open its bytes, what to call it, its sha256 if known."""
+
+    name: str
+    open_binary: Callable[[], IO[bytes]]
+    source: str
+    sha256: str | None = None
+
+
+def _text8_opener(path: Path) -> tuple[Callable[[], IO[bytes]], str]:
+    """How to read text8's bytes from the zip (its `text8` member, streamed) or the file."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as error:
+            raise DataError(f"{path} is not a readable zip archive ({_reason(error)}); "
+                            f"{_TEXT8_HINT}") from None
+        if TEXT8_MEMBER not in names:
+            raise DataError(f"{path} holds no {TEXT8_MEMBER}; {_TEXT8_HINT}")
+
+        def open_member() -> IO[bytes]:
+            archive = zipfile.ZipFile(path)
+            member = archive.open(TEXT8_MEMBER)
+            member_close = member.close
+
+            def close() -> None:  # closing the member closes the archive too
+                member_close()
+                archive.close()
+
+            member.close = close  # type: ignore[method-assign]
+            return member
+
+        return open_member, f"{path}:{TEXT8_MEMBER}"
+    return (lambda: open(path, "rb")), str(path)
+
+
+def _verified_text8(path: Path, origin: str) -> TextSource:
+    """text8 at `path` (zip or file), its content's sha256 checked; a zip's damage is a
+    DataError."""
+    from common.token_cache import content_sha256
+
+    opener, source = _text8_opener(path)
+    try:
+        actual = content_sha256(opener, source)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise DataError(f"cannot read {source} ({_reason(error)}); the archive is damaged; "
+                        f"{_TEXT8_HINT}") from None
+    if actual != TEXT8_SHA256:
+        raise _error(ChecksumError, f"{origin} {source} has sha256 {actual}, expected "
+                     f"{TEXT8_SHA256} (mattmahoney.net's text8); to train on another text, "
+                     f"give it as --corpus FILE", f"{source} has the wrong sha256 {actual}")
+    return TextSource("text8", opener, source, actual)
+
+
+def text8_source(data: str | None = None, *, download: bool = True, log: Log = print) -> TextSource:
+    """text8, verified: `--data` > env W2V_TEXT8 > the cache's text8.zip > a download."""
+    for given, origin in ((data, "--data"), (os.environ.get(ENV_TEXT8), ENV_TEXT8)):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise DataError(f"{origin} {path} is not a file; {_TEXT8_HINT}")
+            return _verified_text8(path, origin)
+    cached = cache_dir() / "text8.zip"
+    if cached.is_file():
+        try:
+            return _verified_text8(cached, "cached")
+        except DataError as error:
+            with contextlib.suppress(FileNotFoundError):
+                cached.unlink()
+            if not download:
+                raise DataError(f"{_one_line(error)}; removed it; {_TEXT8_HINT}") from None
+            log(f"{_one_line(error)}; removed it, downloading again")
+    if not download:
+        raise DataError(f"text8 not found (no --data, no {ENV_TEXT8}, no {cached}) and "
+                        f"downloading is disabled; {_TEXT8_HINT}")
+    url = os.environ.get(ENV_TEXT8_URL) or TEXT8_URL
+
+    def verify(temporary: Path) -> None:
+        try:
+            _verified_text8(temporary, "the download of")
+        except DataError as error:
+            raise _error(ChecksumError, f"{_one_line(error)}; removed it; {_TEXT8_HINT}",
+                         "the download is not text8") from None
+
+    _fetch(url, cached, None, log=log, verify=verify, hint=_TEXT8_HINT)
+    return _verified_text8(cached, "cached")
+
+
+def text_file_source(path: str | os.PathLike) -> TextSource:
+    """A UTF-8 text file, one sentence per line, to be read as a stream."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise DataError(f"corpus file {file} does not exist; give a UTF-8 text file, or one "
+                        f"of {', '.join(NAMES)}")
+    if file.is_dir():
+        raise DataError(f"corpus {file} is a folder, not a text file; for a PTB folder use "
+                        f"--data {file}")
+    _require_regular(file, "corpus")
+    return TextSource(str(path), lambda: open(file, "rb"), str(file))

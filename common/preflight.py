@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 
-from common import sampling
 from common.config import TrainConfig
 from common.errors import ResourceError
 from common.sampling import context_reach
@@ -29,9 +28,6 @@ from common.sampling import context_reach
 INT32, INT64, FLOAT32 = 4, 8, 4
 # Batches alive at once: the one training, and `batching.prefetch`'s queue of two.
 BATCHES_IN_FLIGHT = 3
-# A re-sampled epoch is built `EpochData.chunk_tokens` tokens at a time; the remainder of the
-# previous chunk is carried into the next one.
-CHUNKS_IN_FLIGHT = 2
 
 
 def padded_width(config: TrainConfig, longest_sentence: int) -> int:
@@ -91,8 +87,8 @@ def expected_centres(counts: np.ndarray, subsample_t: float, tokens: int) -> int
     return min(tokens, math.ceil(mean + 6 * math.sqrt(mean) + 64))
 
 
-def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per_call: int = 1,
-             chunk_tokens: int = 1 << 18) -> Estimate:
+def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
+             steps_per_call: int = 1) -> Estimate:
     """The bytes a run of `config` on a corpus of `shape` holds at its peak, per item.
 
     - tables: the centre and context embeddings (V, E) float32;
@@ -103,9 +99,8 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per
     - padded batch: ids, masks and labels of the batches in flight (`BATCHES_IN_FLIGHT`, and
       the `steps_per_call` a backend stacks into one call), plus the step's (B, L, E)
       gathered context rows and their gradient;
-    - epoch arrays: every centre's padded row of contexts and noise (`static`) or two
-      chunks of them (`resample`), with the temporaries that sampling holds while it builds
-      them (windows, context positions, membership tests).
+    - epoch arrays: the streaming pipeline's plan, and an epoch's pre-drawn rows when it is
+      small enough to be drawn whole (`examples_bytes`).
     """
     vocab, embed = shape.vocab_size, config.embed_size
     reach = context_reach(config.max_window_size, shape.longest_sentence)
@@ -123,28 +118,46 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per
     items["transient copies"] = items["tables"] + items["gradients"] + items["optimizer state"]
     batch_ids = rows * (INT32 + width * (INT32 + FLOAT32 + FLOAT32))
     in_flight = BATCHES_IN_FLIGHT + 2 * (steps_per_call - 1)  # a group, and its stacked copy
-    items["padded batch"] = in_flight * batch_ids + 2 * rows * width * embed * FLOAT32
-    centres = shape.centres
-    if config.sampling == "resample":
-        centres = min(centres, CHUNKS_IN_FLIGHT * (chunk_tokens + shape.longest_sentence))
-    items["epoch arrays"] = examples_bytes(config, centres, shape.longest_sentence, vocab)
+    items["padded batch"] = (in_flight * batch_ids + 2 * rows * width * embed * FLOAT32
+                             + drawing_bytes(config, rows, shape.longest_sentence))
+    items["epoch arrays"] = examples_bytes(config, shape.centres, shape.longest_sentence, vocab,
+                                           shape.tokens)
     return Estimate(items)
 
 
+def drawing_bytes(config: TrainConfig, rows: int, longest_sentence: int) -> int:
+    """The temporaries of drawing `rows` rows at once (`stream.make_rows`): the neighbour
+    arrays of each row's 2R candidate contexts, then, for each of up to 2RK noise slots, its
+    counters, uniforms and draw, and its comparison with the row's 2R contexts."""
+    width = padded_width(config, longest_sentence)
+    reach = width // (2 * (1 + config.num_noise_words))
+    noise_slots = 2 * reach * config.num_noise_words
+    return rows * (2 * reach * (3 * INT64 + 2) + noise_slots * (2 * reach * (INT32 + 1)
+                                                                  + 8 * INT64))
+
+
 def examples_bytes(config: TrainConfig, centres: int, longest_sentence: int,
-                   vocab_size: int) -> int:
-    """`sampling.build_dataset`'s peak for `centres` centre words: the padded rows of contexts
-    and noise, with the temporaries it holds while it builds them, and the noise bitmap."""
-    reach = context_reach(config.max_window_size, longest_sentence)
-    width = 2 * reach * (1 + config.num_noise_words)
-    per_centre = (INT32 + width * INT32 + 2 * INT64            # centre, row, counts, lengths
-                  + 2 * reach * (INT32 + 1 + INT64)             # contexts, mask, positions
-                  + 6 * INT64)                                  # windows, rooms, offsets
-    # The noise draws of one block of rows: values, row and slot of each, collision flags.
-    block = min(centres, sampling.ROWS_PER_BLOCK) * width * (INT32 + 2 * INT64 + 1)
-    bitmap_rows = min(max(1, sampling.MEMBER_CELLS // vocab_size), sampling.ROWS_PER_BLOCK,
-                      max(centres, 1))
-    return centres * per_centre + block + bitmap_rows * vocab_size
+                   vocab_size: int, tokens: int | None = None) -> int:
+    """The streaming pipeline's peak for an epoch of `centres` centre words (`common.stream`).
+
+    Its plan (sorted centre positions and their shuffled order); the temporaries of finding
+    the centres one `_PLAN_CHUNK_TOKENS` chunk of `tokens` at a time (keep draws, masks,
+    positions); and, for an epoch small enough to be drawn whole (`MATERIALIZE_BYTES`), its
+    padded rows, drawn `_ROWS_CHUNK` rows at a time. Larger epochs draw each batch when it is
+    asked for (the padded batch item). `vocab_size` sizes nothing here: noise collisions are
+    found per row, without a vocabulary-wide bitmap.
+    """
+    from common import stream
+
+    tokens = centres if tokens is None else max(tokens, centres)
+    width = padded_width(config, longest_sentence)
+    plan = stream.plan_bytes(centres, tokens)
+    finding = min(tokens, stream._PLAN_CHUNK_TOKENS) * (INT64 + FLOAT32 * 2 + INT64 + 1)
+    total = plan + finding
+    if centres * width * INT32 <= stream.MATERIALIZE_BYTES:
+        total += centres * (width * INT32 + INT32 + 2 * INT64) + drawing_bytes(
+            config, min(centres, stream._ROWS_CHUNK), longest_sentence)
+    return total
 
 
 def _read_int(path: Path) -> int | None:
@@ -196,7 +209,7 @@ def check(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per_ca
             f"V={shape.vocab_size:,}, E={config.embed_size:,}, K={config.num_noise_words:,}, "
             f"window={config.max_window_size:,}, batch={config.batch_size:,}) but "
             f"{human(free)} are available ({source}): lower --embed-size, --batch-size, "
-            f"--max-window-size or --num-noise-words, or use --sampling resample")
+            f"--max-window-size or --num-noise-words")
     return needed
 
 

@@ -5,7 +5,7 @@
     loss.png         loss against epoch
     vectors.txt      centre vectors in word2vec text format (gensim loads it)
     vocab.tsv        token<TAB>count, in index order (<unk> = 0)
-    checkpoint.npz   parameters, Adam state, figures so far and position (format 2, sha256)
+    checkpoint.npz   parameters, Adam state, figures so far and position (format 3, sha256)
     report.json      the closing figures
     evaluation.json  WordSim353, SimLex-999 and analogy scores with coverage
 
@@ -37,7 +37,11 @@ EVALUATION = "evaluation.json"
 RUN_FILES = (CONFIG, METRICS, PLOT, VECTORS, VOCAB, CHECKPOINT, REPORT, EVALUATION)
 # What a training produces (as opposed to what defines it): cleared when a run is overwritten.
 RESULTS = (METRICS, PLOT, VECTORS, CHECKPOINT, REPORT, EVALUATION)
-CHECKPOINT_FORMAT = 2
+# 3: batches come from the streaming pipeline, every draw keyed by position. Format 2 was
+# written on the whole-epoch stream: its batches differ, so it may continue only from an epoch
+# boundary (`resume_run` checks), never from the middle of an epoch.
+CHECKPOINT_FORMAT = 3
+EPOCH_BOUNDARY_FORMATS = (2,)
 _ARRAYS = ("center", "context", "exp_avg_center", "exp_avg_context", "exp_avg_sq_center",
            "exp_avg_sq_context")
 
@@ -56,6 +60,7 @@ class Checkpoint(NamedTuple):
     exp_avg_sq: tuple[np.ndarray, np.ndarray]
     training: dict[str, Any]
     vocab_digest: str = ""
+    format: int = CHECKPOINT_FORMAT
 
     @property
     def epochs_done(self) -> int:
@@ -314,7 +319,7 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
             if version > CHECKPOINT_FORMAT:
                 raise DataError(f"{path} has format {version}, newer than this version of "
                                 f"w2v-multi reads ({CHECKPOINT_FORMAT}): upgrade w2v-multi")
-            if version < CHECKPOINT_FORMAT:
+            if version < CHECKPOINT_FORMAT and version not in EPOCH_BOUNDARY_FORMATS:
                 raise DataError(f"{path} has the old format {version} (this version reads "
                                 f"{CHECKPOINT_FORMAT}): {advice}")
             arrays = {name: stored[name] for name in _ARRAYS}
@@ -361,7 +366,7 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
     checkpoint = Checkpoint(arrays["center"], arrays["context"], int(meta["adam_step"]),
                             (arrays["exp_avg_center"], arrays["exp_avg_context"]),
                             (arrays["exp_avg_sq_center"], arrays["exp_avg_sq_context"]),
-                            meta["training"], meta.get("vocab_digest", ""))
+                            meta["training"], meta.get("vocab_digest", ""), version)
     if shape is not None and tuple(table_shape) != tuple(shape):
         raise DataError(f"{path} holds {table_shape[0]} words x {table_shape[1]} dimensions, "
                         f"but {run / CONFIG} and {run / VOCAB} say {shape[0]} x {shape[1]}: "

@@ -139,7 +139,8 @@ class _Session:
         # The validation split's loss after every epoch (None: the corpus has no such split).
         self.heldout = HeldOut.build(config, self.vocab,
                                      fixed_shapes=self.backend_class.fixed_shapes,
-                                     corpus_name=self.data.corpus_name, log=log)
+                                     corpus_name=self.data.corpus_name,
+                                     encoded=self.data.valid, log=log)
         self.valid_losses: list[float] = []
         self.replaces_folder = False  # True for a new run until its first checkpoint
 
@@ -206,7 +207,8 @@ class _Session:
 
         position = result.position if result is not None else None
         with _stop_on_signals() as stop:
-            result = train(self.backend, lambda epoch: prefetch(self.data.batches(epoch)),
+            result = train(self.backend,
+                           lambda epoch, start: prefetch(self.data.batches(epoch, start)),
                            self.data.num_batches, self.config.epochs, progress=self.progress,
                            log=self.log, on_epoch_end=epoch_end, result=result,
                            position=position, should_stop=stop)
@@ -292,6 +294,19 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
         raise
 
 
+def _check_old_stream(run: Path, checkpoint: runs.Checkpoint, log: Callable[[str], None]) -> None:
+    """A checkpoint from the whole-epoch pipeline continues only from an epoch boundary."""
+    done = checkpoint.position
+    if done.get("batch", 0) or done.get("pending_losses"):
+        raise DataError(
+            f"{run / runs.CHECKPOINT} stopped in the middle of epoch {done['epoch'] + 1} "
+            f"(batch {done['batch']}) under checkpoint format {checkpoint.format}, whose batches "
+            f"this version no longer makes (format {runs.CHECKPOINT_FORMAT} keys every draw by "
+            f"position): finish it with the version that wrote it, or train again")
+    log(f"{run / runs.CHECKPOINT} has format {checkpoint.format} (the whole-epoch pipeline): "
+        f"continuing at its epoch boundary on this version's batches")
+
+
 def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str | None = None,
                device: str | None = None, step: str | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
                queries: Sequence[str] = (), evaluate_at_end: bool = True,
@@ -326,6 +341,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
                                           shape=(len(saved_vocab), config.embed_size))
         done = checkpoint.position
+        if checkpoint.format < runs.CHECKPOINT_FORMAT:
+            _check_old_stream(run, checkpoint, log)
         # All epochs trained but stopped before the vectors were exported: just finish.
         if done["epoch"] >= config.epochs and (run / runs.VECTORS).is_file():
             raise ConfigError(f"{run} has already trained {done['epoch']} of "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -222,7 +221,7 @@ def _progress(total: int, initial: int, description: str, enabled: bool | None) 
                 disable=enabled if enabled is None else not enabled, dynamic_ncols=True)
 
 
-def train(backend: Any, epoch_batches: Callable[[int], Iterable[Batch]],
+def train(backend: Any, epoch_batches: Callable[[int, int], Iterable[Batch]],
           batches_per_epoch: Callable[[int], int], epochs: int, *,
           progress: bool | None = None, log: Callable[[str], None] = print,
           on_epoch_end: Callable[[EpochReport, TrainResult], None] | None = None,
@@ -230,9 +229,10 @@ def train(backend: Any, epoch_batches: Callable[[int], Iterable[Batch]],
           should_stop: Callable[[Position], bool] | None = None) -> TrainResult:
     """Train from `position` (default: the start) to the end of epoch `epochs`.
 
-    `epoch_batches(epoch)` yields the epoch's batches (shuffled, possibly re-sampled) and
-    must yield the same ones whenever asked: a resumed epoch skips the `position.batch`
-    already trained. `batches_per_epoch(epoch)` is their count, for the progress bar and the
+    `epoch_batches(epoch, start)` yields the epoch's batches (shuffled, possibly re-sampled)
+    from batch `start` on, and must yield the same ones whenever asked: a resumed epoch
+    starts after the `position.batch` already trained, without making them.
+    `batches_per_epoch(epoch)` is their count, for the progress bar and the
     report points. `on_epoch_end` lets the caller checkpoint and plot, outside the timed
     region. `should_stop(position)` is asked after every group of steps; when it says yes the
     pending losses are fetched and the result comes back with `result.position` set to where
@@ -260,7 +260,7 @@ def train(backend: Any, epoch_batches: Callable[[int], Iterable[Batch]],
         bar = _progress(total_batches, position.batch, f"epoch {epoch + 1}/{epochs}", progress)
         backend.synchronize()
         started = time.perf_counter()
-        batches = islice(iter(epoch_batches(epoch)), position.batch, None)
+        batches = iter(epoch_batches(epoch, position.batch))
         stopped = False
         for group in step_groups(batches, backend.steps_per_call, is_report_point,
                                  start=position.batch):

@@ -60,6 +60,18 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def _kept(counter: dict[str, int], min_freq: int) -> tuple[list[str], np.ndarray]:
+    """Index order and counts: `<unk>` first (every rarer word), then by count, ties by token."""
+    total = sum(counter.values())
+    counter.pop(UNK, None)  # PTB writes <unk> itself; it is counted with the rare words
+    kept = sorted(((token, count) for token, count in counter.items() if count >= min_freq),
+                  key=lambda pair: (-pair[1], pair[0]))
+    tokens = [UNK] + [token for token, _ in kept]
+    counts = np.array([0] + [count for _, count in kept], dtype=np.int64)
+    counts[0] = total - counts.sum()
+    return tokens, counts
+
+
 class Vocab:
     """Token <-> index for the words seen at least `min_freq` times; `<unk>` is index 0."""
 
@@ -68,14 +80,14 @@ class Vocab:
     def __init__(self, sentences: Iterable[Sequence[str]], min_freq: int = 10) -> None:
         # Counter's update runs in C, so counting PTB's 887k tokens takes tens of ms.
         counter = collections.Counter(itertools.chain.from_iterable(sentences))
-        total = sum(counter.values())
-        counter.pop(UNK, None)  # PTB writes <unk> itself; it is counted with the rare words
-        kept = sorted(((token, count) for token, count in counter.items() if count >= min_freq),
-                      key=lambda pair: (-pair[1], pair[0]))
-        tokens = [UNK] + [token for token, _ in kept]
-        counts = np.array([0] + [count for _, count in kept], dtype=np.int64)
-        counts[0] = total - counts.sum()
-        self._set(tokens, counts)
+        self._set(*_kept(counter, min_freq))
+
+    @classmethod
+    def from_counter(cls, counter: collections.Counter, min_freq: int = 10) -> "Vocab":
+        """From token counts already made (a streaming pass over a large corpus)."""
+        vocab = cls.__new__(cls)
+        vocab._set(*_kept(dict(counter), min_freq))
+        return vocab
 
     @classmethod
     def from_counts(cls, tokens: Sequence[str], counts: Sequence[int] | np.ndarray) -> "Vocab":

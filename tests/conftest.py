@@ -16,6 +16,7 @@ import backends
 from backends.base import STEPS
 from helpers import RAN, SKIPPED, require_backend, required_backends
 
+
 @pytest.fixture(params=backends.names())
 def backend_name(request: pytest.FixtureRequest) -> str:
     """Every backend the registry knows, one test each."""
@@ -49,7 +50,7 @@ def ptb_data() -> Path:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     env = Path(sys.prefix).name
-    ran_file = os.environ.get("W2VRAN_FILE")
+    ran_file = os.environ.get("W2V_RAN_FILE")
     if ran_file:
         Path(ran_file).write_text(", ".join(sorted(RAN)) + "\n", encoding="utf-8")
     never_ran = required_backends() - RAN
@@ -66,3 +67,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # A required backend that no test exercised is a gap in CI, not a pass.
     if exitstatus == 0 and required_backends() - RAN:
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Token caches and downloads go to a temporary folder, never the user's ~/.cache.
+
+    Set in the environment, so CLI subprocesses started by tests inherit it; tests that
+    test the cache location set their own.
+    """
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))

@@ -67,6 +67,30 @@ def test_zipf_corpus_is_exact_in_size_and_seeded():
         parse_size("lots")
 
 
+def test_the_shared_zipf_generator_writes_the_corpus_it_draws(tmp_path):
+    from benchmarks import zipf
+
+    ids, offsets = zipf.zipf_corpus(25_500, types=300, exponent=1.0, line_length=1000, seed=4)
+    assert np.diff(offsets).tolist() == [1000] * 25 + [500]
+    path = zipf.write_text(tmp_path / "zipf.txt", 25_500, types=300, exponent=1.0,
+                           line_length=1000, seed=4)
+    lines = path.read_text().splitlines()
+    assert [len(line.split()) for line in lines] == np.diff(offsets).tolist()
+    assert " ".join(lines).split() == [zipf.word(int(rank)) for rank in ids]
+
+
+def test_corpus_scale_states_each_target_with_its_figure():
+    from benchmarks.corpus_scale import targets
+
+    rows = {("torch", 17 * 10**6): {"peak_rss_mib": 1200.0, "peak_anon_mib": 1000.0},
+            ("torch", 10**8): {"peak_rss_mib": 1900.0, "peak_anon_mib": 1600.0},
+            ("data", 17 * 10**6): {"build_seconds": 25.0}}
+    lines = targets(rows)
+    assert lines[0].endswith("adam: 1,200 MiB (target <= 1,536 MiB: met)")
+    assert "= 1.60 (target <= 1.5: NOT met)" in lines[1]
+    assert lines[2] == "data build at 17M tokens: 25.0 s (target <= 20 s: NOT met)"
+
+
 def test_scaling_points_share_the_chapters_point_once():
     from benchmarks.scaling import points
 

@@ -16,13 +16,14 @@ from common.cli import main
 
 pytestmark = pytest.mark.slow
 
-# PTB's five epoch losses with the chapter's settings and seed 0, and their all-epoch mean
-# (the chapter's printed "loss 0.410"). Every backend and step reproduces them to float32
-# summation order; they change only when the data pipeline's random stream does.
-EPOCH_LOSSES = (0.480, 0.427, 0.404, 0.380, 0.360)
-ALL_EPOCHS_MEAN_LOSS = 0.410
-# Half a unit of the third decimal, plus what float32 summation order moves over 5 epochs.
-LOSS_TOLERANCE = 0.0015
+# PTB's five epoch losses with the chapter's settings and seed 0 on the streaming pipeline,
+# whose draws are keyed by position, and their all-epoch mean (the chapter prints "loss
+# 0.410"). Every backend and step reproduces them to float32 summation order; they change only
+# when the data pipeline's random stream does.
+EPOCH_LOSSES = (0.4804, 0.4272, 0.4041, 0.3800, 0.3593)
+ALL_EPOCHS_MEAN_LOSS = 0.4102
+# What float32 summation order moves across frameworks and steps over 3,345 steps.
+LOSS_TOLERANCE = 3e-4
 
 _RUNS: dict[tuple[str, str], tuple[Path, str]] = {}
 
@@ -58,6 +59,7 @@ def test_chapter_epoch_losses(chapter_run, step):
     losses = [epoch["mean_loss"] for epoch in report["epochs"]]
     np.testing.assert_allclose(losses, EPOCH_LOSSES, rtol=0, atol=LOSS_TOLERANCE)
     # The chapter prints loss 0.410: the mean over all five epochs' batches.
+    assert abs(report["all_epochs_mean_loss"] - 0.410) <= 0.003
     assert report["all_epochs_mean_loss"] == pytest.approx(ALL_EPOCHS_MEAN_LOSS,
                                                            abs=LOSS_TOLERANCE)
     assert report["step"] == step

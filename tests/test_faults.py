@@ -134,7 +134,7 @@ def _interrupt_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("common.data.load_corpus", interrupted)
+    monkeypatch.setattr("common.data.load_encoded", interrupted)
 
 
 def _diverge(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,7 +234,7 @@ def test_a_failing_sweep_overwrite_leaves_the_old_sweep_whole(tmp_path, capsys, 
 def no_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any epoch array or backend built from here on fails the test."""
     from backends.numpy.backend import NumpyBackend
-    from common.batching import EpochData
+    from common.stream import EpochData
 
     def allocated(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("an allocation was reached")
@@ -339,16 +339,25 @@ def test_the_estimate_bounds_what_a_run_allocates(tmp_path, world, sampling, win
 def test_the_padded_width_is_capped_by_the_longest_sentence(tmp_path, capsys):
     """A window wider than every sentence allocates no more than the sentences can give, and
     draws the very same examples."""
-    from common.sampling import centers_and_contexts
+    from common.stream import EpochData, make_rows
     from common.vocab import EncodedCorpus
 
     corpus = EncodedCorpus.from_ids([[1, 2, 3, 4, 5, 6]] * 2500)  # 15,000 tokens
-    capped = centers_and_contexts(corpus, 10**6, np.random.default_rng(0))
-    assert capped.contexts.shape == (15000, 10)  # 2 * (6 - 1), not 2 * 10**6
-    wide = centers_and_contexts(corpus, 10**6, np.random.default_rng(0), reach=40)
-    assert np.array_equal(wide.contexts[:, :10], capped.contexts)
-    assert not wide.contexts[:, 10:].any()
+    counts = np.bincount(corpus.tokens, minlength=7)
+    epochs = EpochData(corpus, counts, max_window_size=10**6, num_noise_words=5, t=1.0,
+                       batch_size=512, seed=0)
+    assert epochs.reach == 5  # 6 - 1, not 10**6
+    plan = epochs.plan(0)
+    indices = np.arange(plan.num_examples)
+    draws = dict(max_window_size=10**6, num_noise_words=5, sampler=epochs.sampler,
+                 window_key=11, noise_key=12)
+    capped = make_rows(corpus, plan, indices, reach=epochs.reach, **draws)
+    wide = make_rows(corpus, plan, indices, reach=40, **draws)
+    assert capped.contexts_negatives.shape == (15000, 60)  # 2 * 5 * (1 + 5)
     assert np.array_equal(wide.num_contexts, capped.num_contexts)
+    is_context = np.arange(60) < capped.num_contexts[:, None]
+    assert np.array_equal(wide.contexts_negatives[:, :60][is_context],
+                          capped.contexts_negatives[is_context])
     path = tmp_path / "six.txt"
     path.write_text("a b c d e f\n" * 2500)
     code, _, err = _run(capsys, ["train", *TINY, "--corpus", str(path), "--epochs", "1",
@@ -792,8 +801,8 @@ def _signal_during(monkeypatch: pytest.MonkeyPatch, target: str, signum: int) ->
 
 
 @pytest.mark.parametrize("where, target, signum", [
-    ("reading the corpus", "common.data.load_corpus", signal.SIGHUP),
-    ("reading the corpus", "common.data.load_corpus", signal.SIGTERM),
+    ("reading the corpus", "common.data.load_encoded", signal.SIGHUP),
+    ("reading the corpus", "common.data.load_encoded", signal.SIGTERM),
     ("exporting", "common.embeddings.export_word2vec", signal.SIGTERM),
     ("exporting", "common.embeddings.export_word2vec", signal.SIGINT),
     ("evaluating", "common.evaluate.evaluate", signal.SIGHUP),

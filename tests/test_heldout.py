@@ -71,12 +71,14 @@ def test_heldout_is_fixed_and_equal_under_fixed_shapes(tmp_path):
     assert first == pytest.approx(np.log(2), abs=0.05)  # small initial logits: BCE near log 2
     assert heldout.loss(backend) == first
     again = HeldOut.build(config, vocab)
-    np.testing.assert_array_equal(again.data.contexts_negatives, heldout.data.contexts_negatives)
+    np.testing.assert_array_equal(again.data.dataset(0).contexts_negatives,
+                                  heldout.data.dataset(0).contexts_negatives)
     padded = HeldOut.build(config, vocab, fixed_shapes=True)
     assert padded.loss(backend) == pytest.approx(first, rel=1e-6)
     # The seed picks the noise words; another seed, other examples.
     other = HeldOut.build(_config(folder, seed=1), vocab)
-    assert not np.array_equal(other.data.contexts_negatives, heldout.data.contexts_negatives)
+    assert not np.array_equal(other.data.dataset(0).contexts_negatives,
+                              heldout.data.dataset(0).contexts_negatives)
 
 
 def test_no_heldout_without_a_validation_split(tmp_path):

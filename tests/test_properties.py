@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from common import runs
-from common.batching import EpochData
+from common.stream import EpochData
 from common.cli import main
 from common.config import SAMPLING_MODES
 from common.errors import DataError
@@ -109,7 +109,7 @@ def test_every_batch_keeps_masks_labels_and_padding_consistent(spec):
         epochs = EpochData(spec["corpus"], spec["counts"],
                            max_window_size=spec["max_window_size"],
                            num_noise_words=spec["num_noise_words"], t=spec["t"],
-                           batch_size=spec["batch_size"], rng=np.random.default_rng(seed),
+                           batch_size=spec["batch_size"], seed=seed,
                            mode=spec["mode"], **options)
         data = {epoch: list(epochs.batches(epoch)) for epoch in (0, 1)}
     except DataError as error:  # the legitimate refusals: nothing to train on, no noise

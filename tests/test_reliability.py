@@ -199,8 +199,16 @@ def _truncate(run: Path) -> None:
 
 
 def _flip_a_byte(run: Path) -> None:
+    """One byte in the middle of the stored parameters (not in a zip header's padding)."""
+    import zipfile
+
+    with zipfile.ZipFile(run / runs.CHECKPOINT) as archive:
+        member = archive.getinfo("center.npy")
     data = bytearray((run / runs.CHECKPOINT).read_bytes())
-    data[len(data) // 3] ^= 0xFF
+    name_and_extra = int.from_bytes(data[member.header_offset + 26:member.header_offset + 28],
+                                    "little") + \
+        int.from_bytes(data[member.header_offset + 28:member.header_offset + 30], "little")
+    data[member.header_offset + 30 + name_and_extra + member.compress_size // 2] ^= 0xFF
     (run / runs.CHECKPOINT).write_bytes(bytes(data))
 
 
@@ -270,6 +278,32 @@ def test_a_bad_checkpoint_is_one_line_and_is_left_alone(tmp_path, capsys, traine
     line = _one_error_line(capsys.readouterr().err)
     assert any(part in line for part in message.split("|")), line
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+
+
+def _as_format_2(run: Path, batch: int) -> None:
+    """The checkpoint as the whole-epoch pipeline (format 2) would have left it at `batch`."""
+    checkpoint = runs.load_checkpoint(run)
+    training = dict(checkpoint.training, position=dict(checkpoint.position, batch=batch))
+    with pytest.MonkeyPatch.context() as patch:  # as that version wrote it: meta and checksum
+        patch.setattr(runs, "CHECKPOINT_FORMAT", 2)
+        runs.save_checkpoint(run, checkpoint._replace(training=training))
+
+
+def test_a_format_2_checkpoint_resumes_only_from_an_epoch_boundary(tmp_path, capsys,
+                                                                   trained_run):
+    middle = _copy_run(trained_run, tmp_path / "middle")
+    _as_format_2(middle, batch=3)
+    before = {p.name: p.read_bytes() for p in middle.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(middle), "--epochs", "2", "--no-progress"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "stopped in the middle of epoch" in line and "format 2" in line, line
+    assert {p.name: p.read_bytes() for p in middle.iterdir()} == before
+    boundary = _copy_run(trained_run, tmp_path / "boundary")
+    _as_format_2(boundary, batch=0)
+    assert main(["train", "--resume", str(boundary), "--epochs", "2", "--no-progress"]) == 0
+    assert "continuing at its epoch boundary" in capsys.readouterr().out
+    assert runs.load_checkpoint(boundary).format == runs.CHECKPOINT_FORMAT
 
 
 # -- the run folder's lock ---------------------------------------------------------------------

@@ -45,7 +45,8 @@ def test_losses_are_means_over_real_examples_and_all_epochs():
     # epoch 1: 10 batches of 4 rows at loss 1.0; epoch 2: 10 batches, the last padded (1 real).
     backend = _ScriptedBackend([1.0] * 10 + [0.5] * 10)
     batches = {0: [_batch(4, 4)] * 10, 1: [_batch(4, 4)] * 9 + [_batch(4, 1)]}
-    result = train(backend, lambda e: iter(batches[e]), lambda e: 10, 2, progress=False,
+    result = train(backend, lambda e, start: iter(batches[e][start:]),
+                   lambda e: 10, 2, progress=False,
                    log=lambda line: None)
     assert [r.mean_loss for r in result.epochs] == [1.0, 0.5]
     assert [r.centre_words for r in result.epochs] == [40, 37]
@@ -59,10 +60,11 @@ def test_grouped_steps_end_at_report_points_and_change_no_figure():
     # 23 batches: a report every 4 batches and after the last; groups of up to 3 steps.
     losses = list(np.linspace(1.0, 0.2, 23))
     batches = [_batch(4, 4)] * 22 + [_batch(4, 3)]
-    one_by_one = train(_ScriptedBackend(losses), lambda e: iter(batches), lambda e: 23, 1,
+    one_by_one = train(_ScriptedBackend(losses), lambda e, start: iter(batches[start:]),
+                       lambda e: 23, 1,
                        progress=False, log=lambda line: None)
     grouped_backend = _ScriptedBackend(losses, steps_per_call=3)
-    grouped = train(grouped_backend, lambda e: iter(batches), lambda e: 23, 1,
+    grouped = train(grouped_backend, lambda e, start: iter(batches[start:]), lambda e: 23, 1,
                     progress=False, log=lambda line: None)
     # Groups end at multiples of 3 counted from the epoch's start, and at report points.
     assert grouped_backend.group_sizes == [3, 1, 2, 2, 1, 3, 3, 1, 2, 2, 1, 2]
@@ -83,7 +85,8 @@ def test_chapter_formula_overstates_speed_by_the_epoch_count():
 def test_divergence_is_a_one_line_error():
     backend = _ScriptedBackend([float("nan")] * 3)
     with pytest.raises(W2VError, match="diverged.*lower --lr"):
-        train(backend, lambda e: iter([_batch(4, 4)] * 3), lambda e: 3, 1, progress=False,
+        train(backend, lambda e, start: iter([_batch(4, 4)] * (3 - start)),
+              lambda e: 3, 1, progress=False,
               log=lambda line: None)
 
 
@@ -107,7 +110,8 @@ def test_stopping_and_continuing_gives_identical_figures(steps_per_call, stop_af
                2: [_batch(4, 2)] * 11}
 
     def run(**options) -> TrainResult:
-        return train(backend, lambda e: iter(batches[e]), lambda e: 11, 3, progress=False,
+        return train(backend, lambda e, start: iter(batches[e][start:]),
+                     lambda e: 11, 3, progress=False,
                      log=lambda line: None, **options)
 
     backend = _ScriptedBackend(losses, steps_per_call=steps_per_call)
