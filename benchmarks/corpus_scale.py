@@ -307,7 +307,8 @@ def table(path: Path = JSONL, optimizer: str = "adam") -> str:
 
 def render(path: Path = JSONL, optimizer: str = "adam") -> list[Path]:
     """corpus_scale.md (table and targets) and corpus_scale.png (build s, memory vs tokens)."""
-    from common.io import atomic_path, write_text
+    from common.io import write_text
+    from common.plotting import save_figure
 
     rows = latest(path, optimizer)
     if not rows:
@@ -353,11 +354,7 @@ def render(path: Path = JSONL, optimizer: str = "adam") -> list[Path]:
     build_axis.set_title("data build from the text file (cold cache)", fontsize=8)
     memory_axis.set_title("peak memory, dense Adam (the mapped corpus is not anonymous)",
                           fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path.parent / "corpus_scale.png", suffix=".png") as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-    written.append(path.parent / "corpus_scale.png")
+    written.append(save_figure(figure, path.parent / "corpus_scale.png"))
     return written
 
 

@@ -254,7 +254,8 @@ def table(path: Path = JSONL) -> str:
 
 def render(path: Path = JSONL) -> list[Path]:
     """pipeline_scaling.png (seconds and memory against corpus size) and pipeline_scaling.md."""
-    from common.io import atomic_path, write_text
+    from common.io import write_text
+    from common.plotting import save_figure
 
     rows = latest(path)
     if not any(r.get("measured") for r in rows.values()):
@@ -312,11 +313,7 @@ def render(path: Path = JSONL) -> list[Path]:
         axis.legend(fontsize=7)
     seconds_axis.set_title("pipeline seconds (wall clock)", fontsize=8)
     memory_axis.set_title("peak resident memory above the encoded corpus", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path.parent / "pipeline_scaling.png", suffix=".png") as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-    written.append(path.parent / "pipeline_scaling.png")
+    written.append(save_figure(figure, path.parent / "pipeline_scaling.png"))
     return written
 
 

@@ -151,7 +151,7 @@ def plot_throughput(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.io import atomic_path
+    from common.plotting import save_figure
 
     devices = sorted({r["device"] for r in rows})
     figure, axes = plt.subplots(1, len(devices), figsize=(6.5 * len(devices), 3.6), dpi=120,
@@ -183,12 +183,7 @@ def plot_throughput(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> 
             matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize=6)
-    figure.tight_layout()
-    destination = RESULTS / "throughput.png"
-    with atomic_path(destination, suffix=".png") as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-    return destination
+    return save_figure(figure, RESULTS / "throughput.png")
 
 
 def devices_note() -> str:

@@ -90,7 +90,7 @@ def render(path: Path = JSONL) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.io import atomic_path
+    from common.plotting import save_figure
 
     written = []
     cpu = rows[-1].get("cpu", "?")
@@ -116,11 +116,7 @@ def render(path: Path = JSONL) -> list[Path]:
         axis.yaxis.set_major_formatter(
             matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.legend(fontsize=7)
-        figure.tight_layout()
-        with atomic_path(path.parent / name, suffix=".png") as temporary:
-            figure.savefig(temporary, format="png")
-        plt.close(figure)
-        written.append(path.parent / name)
+        written.append(save_figure(figure, path.parent / name))
     return written
 
 

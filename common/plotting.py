@@ -31,11 +31,7 @@ def plot_loss(curve: Sequence[dict[str, float]], destination: str | Path, *, epo
     axes.legend(fontsize=7)
     if title:
         axes.set_title(title, fontsize=8)
-    figure.tight_layout()
-    with atomic_path(destination, suffix=".png") as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
-    return Path(destination)
+    return save_figure(figure, destination)
 
 
 def _pyplot():  # noqa: ANN202  (matplotlib's module)
@@ -47,7 +43,8 @@ def _pyplot():  # noqa: ANN202  (matplotlib's module)
     return plt
 
 
-def _save(figure, destination: str | Path) -> Path:  # noqa: ANN001
+def save_figure(figure, destination: str | Path) -> Path:  # noqa: ANN001
+    """Lay out `figure`, write it as a PNG atomically (never half a file), close it."""
     plt = _pyplot()
     figure.tight_layout()
     with atomic_path(destination, suffix=".png") as temporary:
@@ -85,7 +82,7 @@ def plot_sweep(rows: Sequence[dict], destination: str | Path, *, title: str = ""
         axes.locator_params(axis="x", nbins=5)  # no tick labels running into the next panel
     if title:
         figure.suptitle(title, fontsize=8)
-    return _save(figure, destination)
+    return save_figure(figure, destination)
 
 
 def plot_quality_vs_seconds(curves: dict[str, Sequence[Sequence[tuple[float, float]]]],
@@ -116,4 +113,4 @@ def plot_quality_vs_seconds(curves: dict[str, Sequence[Sequence[tuple[float, flo
     axes.legend(fontsize=7, loc="lower right")
     if title:
         axes.set_title(title, fontsize=8)
-    return _save(figure, destination)
+    return save_figure(figure, destination)
