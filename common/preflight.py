@@ -129,8 +129,7 @@ def drawing_bytes(config: TrainConfig, rows: int, longest_sentence: int) -> int:
     """The temporaries of drawing `rows` rows at once (`stream.make_rows`): the neighbour
     arrays of each row's 2R candidate contexts, then, for each of up to 2RK noise slots, its
     counters, uniforms and draw, and its comparison with the row's 2R contexts."""
-    width = padded_width(config, longest_sentence)
-    reach = width // (2 * (1 + config.num_noise_words))
+    reach = context_reach(config.max_window_size, longest_sentence)
     noise_slots = 2 * reach * config.num_noise_words
     return rows * (2 * reach * (3 * INT64 + 2) + noise_slots * (2 * reach * (INT32 + 1)
                                                                   + 8 * INT64))
@@ -141,9 +140,9 @@ def examples_bytes(config: TrainConfig, centres: int, longest_sentence: int,
     """The streaming pipeline's peak for an epoch of `centres` centre words (`common.stream`).
 
     Its plan (sorted centre positions and their shuffled order); the temporaries of finding
-    the centres one `_PLAN_CHUNK_TOKENS` chunk of `tokens` at a time (keep draws, masks,
+    the centres one `PLAN_CHUNK_TOKENS` chunk of `tokens` at a time (keep draws, masks,
     positions); and, for an epoch small enough to be drawn whole (`MATERIALIZE_BYTES`), its
-    padded rows, drawn `_ROWS_CHUNK` rows at a time. Larger epochs draw each batch when it is
+    padded rows, drawn `ROWS_CHUNK` rows at a time. Larger epochs draw each batch when it is
     asked for (the padded batch item). `vocab_size` sizes nothing here: noise collisions are
     found per row, without a vocabulary-wide bitmap.
     """
@@ -152,11 +151,11 @@ def examples_bytes(config: TrainConfig, centres: int, longest_sentence: int,
     tokens = centres if tokens is None else max(tokens, centres)
     width = padded_width(config, longest_sentence)
     plan = stream.plan_bytes(centres, tokens)
-    finding = min(tokens, stream._PLAN_CHUNK_TOKENS) * (INT64 + FLOAT32 * 2 + INT64 + 1)
+    finding = min(tokens, stream.PLAN_CHUNK_TOKENS) * (INT64 + FLOAT32 * 2 + INT64 + 1)
     total = plan + finding
     if centres * width * INT32 <= stream.MATERIALIZE_BYTES:
         total += centres * (width * INT32 + INT32 + 2 * INT64) + drawing_bytes(
-            config, min(centres, stream._ROWS_CHUNK), longest_sentence)
+            config, min(centres, stream.ROWS_CHUNK), longest_sentence)
     return total
 
 

@@ -46,14 +46,14 @@ _KEEP, _WINDOW, _NOISE, _ORDER = 1, 2, 3, 4
 _STATIC_EPOCH = 0  # static streams use "epoch" 0; resample uses epoch + 1
 # Only a vocabulary whose every word is some example's context makes redrawing endless.
 _MAX_REDRAW_ROUNDS = 1000
-_PLAN_CHUNK_TOKENS = 1 << 20
+PLAN_CHUNK_TOKENS = 1 << 20
 # An epoch whose padded rows fit in this many bytes is made whole, a chunk of centres at a
 # time, when its first batch is asked for; its batches are then gathers of those rows. The
 # rows are the ones the batches would draw (position-keyed), so the batches are the same; on
 # PTB (82 MB) this takes the drawing off the step's critical path: making each batch apart
 # cost torch 38% of its speed on 2 cores (156,156 against 251,819 centre words/s).
 MATERIALIZE_BYTES = 256 << 20
-_ROWS_CHUNK = 1 << 12
+ROWS_CHUNK = 1 << 12
 
 
 @functools.lru_cache(maxsize=1024)
@@ -117,7 +117,7 @@ def _index_dtype(limit: int) -> type:
 
 
 def find_centres(corpus: EncodedCorpus, keep_probability: np.ndarray, key: int, *,
-                 chunk_tokens: int = _PLAN_CHUNK_TOKENS) -> np.ndarray:
+                 chunk_tokens: int = PLAN_CHUNK_TOKENS) -> np.ndarray:
     """Sorted positions of the kept tokens of sentences that keep at least two.
 
     Reads the corpus chunk by chunk (whole sentences), so a memory-mapped corpus is paged
@@ -238,7 +238,7 @@ class EpochData:
                  num_noise_words: int, t: float, batch_size: int, seed: int,
                  mode: str = "static", fixed_length: int | None = None,
                  pad_last_batch: bool = False,
-                 chunk_tokens: int = _PLAN_CHUNK_TOKENS,
+                 chunk_tokens: int = PLAN_CHUNK_TOKENS,
                  materialize_bytes: int = MATERIALIZE_BYTES) -> None:
         if mode not in SAMPLING_MODES:
             raise ValueError(f"mode must be one of {SAMPLING_MODES}, got {mode!r}")
@@ -336,8 +336,8 @@ class EpochData:
         count = plan.num_examples
         whole = Rows(np.empty(count, dtype=np.int32), np.empty((count, width), dtype=np.int32),
                      np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64))
-        for start in range(0, count, _ROWS_CHUNK):
-            part = self.rows(epoch, np.arange(start, min(start + _ROWS_CHUNK, count)))
+        for start in range(0, count, ROWS_CHUNK):
+            part = self.rows(epoch, np.arange(start, min(start + ROWS_CHUNK, count)))
             for target, source in zip(whole, part):
                 target[start:start + len(source)] = source
         self._rows = (stream, whole)
