@@ -30,6 +30,22 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+# What a step computes per batch (`Work.slots`): every (B, L) slot of the padded batch, or only
+# its real (centre, context) pairs (padding, about 56% of PTB's slots at B=512, is skipped).
+PADDED, PAIRS = "padded BxL", "real pairs"
+
+
+class Work(NamedTuple):
+    """The work one training step does and how it runs: disclosed beside every benchmark row,
+    so that a reader compares frameworks doing the same thing (the chapter step) apart from
+    how far each was tuned (the fast step)."""
+
+    slots: str           # PADDED or PAIRS
+    native_code: str     # the project's own compiled code that runs, or "none"
+    steps_per_call: int  # optimiser steps per compiled (or dispatched) call
+    compiled: str        # how the step runs: "eager", "jit (XLA)", ...
+
+
 class Params(NamedTuple):
     """Exchange format for parity tests, export and checkpoints."""
 
@@ -100,6 +116,29 @@ class Backend(abc.ABC):
 
         self.adam_steps += 1
         return scheduled_lr(self.lr, self.lr_schedule, self.adam_steps, self.total_steps)
+
+    # -- disclosure -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def work(self) -> Work:
+        """What this backend's chosen step (`self.step`) computes per batch and how it runs."""
+
+    def slots_computed(self, batch: Batch) -> int:
+        """The (example, slot) pairs this step computes for `batch`: B*L, or the real ones."""
+        if self.work().slots == PADDED:
+            return int(batch.masks.size)
+        return int(np.count_nonzero(batch.masks))
+
+    @classmethod
+    def set_threads(cls, threads: int) -> str:
+        """Run on `threads` CPU threads; returns how it was done, for the record.
+
+        Call before the first step. The process is pinned to that many CPUs (every framework's
+        pools obey that); a backend also sets its framework's intra-op and inter-op pools where
+        the framework has a setting. 0 leaves the framework's defaults (every CPU).
+        """
+        from common.threads import limit_cpus
+
+        return limit_cpus(threads)
 
     # -- arrays ---------------------------------------------------------------------------
     @abc.abstractmethod

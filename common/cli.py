@@ -65,7 +65,7 @@ def _comma_list(kind: type) -> Any:
 
 
 # What `--resume` may change: how long to train and where; the rest is the run's own.
-RESUME_OVERRIDES = ("epochs", "backend", "device", "step")
+RESUME_OVERRIDES = ("epochs", "backend", "device", "step", "threads")
 
 
 def _given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,9 +160,10 @@ def command_train(args: argparse.Namespace) -> int:
         names = [f"--{name.replace('_', '-')}" for name in fixed]
         names += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
         raise ConfigError(f"{', '.join(names)} cannot be given with --resume: a resumed run "
-                          f"keeps its config.json (only --epochs, --backend, --device and --step)")
+                          f"keeps its config.json (only --epochs, --backend, --device, --step and --threads)")
     resume_run(args.resume, epochs=given.get("epochs"), backend=given.get("backend"),
-               device=given.get("device"), step=given.get("step"), progress=progress, queries=args.query)
+               device=given.get("device"), step=given.get("step"),
+               threads=given.get("threads"), progress=progress, queries=args.query)
     return 0
 
 

@@ -71,6 +71,9 @@ class TrainConfig:
                        "Adam; fast: the tuned step (same figures)", choices=STEPS),
     )
     seed: int = field(default=0, metadata=_flag("seed for sampling, shuffling and init"))
+    threads: int = field(default=0, metadata=_flag(
+        "CPU threads: the framework's intra-op (and inter-op) pools, the process pinned to "
+        "that many CPUs; 0: every CPU"))
     corpus: str = field(
         default="auto",
         metadata=_flag("ptb, text8, lee, a text file (one sentence per line), or auto (ptb, "
@@ -108,6 +111,9 @@ class TrainConfig:
                               f"got {self.optimizer!r}")
         if self.step not in STEPS:
             raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {self.step!r}")
+        from common.threads import check as check_threads
+
+        check_threads(self.threads)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         return self

@@ -58,11 +58,16 @@ class TrainOutcome:
     valid_losses: list[float] = field(default_factory=list)
 
 
-def resolve_backend(name: str, device: str) -> Any:
-    """Backend name -> Backend class, with the device checked before any data is read."""
+def resolve_backend(name: str, device: str, threads: int = 0) -> Any:
+    """Backend name -> Backend class, with the device checked before any data is read.
+
+    `threads` (`--threads`, 0: the framework's defaults) is applied first: some frameworks size
+    their pools when they start, which the device query may do.
+    """
     import backends
 
     backend_class = backends.load(name)
+    backend_class.set_threads(threads)
     backend_class.check_device(device)
     return backend_class
 
@@ -125,6 +130,9 @@ class _Session:
                                           steps_per_call=self.backend_class.steps_per_call,
                                           log=log)
         self.vocab = self.data.vocab
+        if config.threads:
+            log(f"threads: {config.threads} (the process pinned to that many CPUs and the "
+                f"framework's pools sized to match)")
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
             f"vocabulary {len(self.vocab):,}, {self.data.num_examples(0):,} centre words per "
             f"epoch ({config.sampling} sampling)")
@@ -275,7 +283,7 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
 
     config.validate()
     config.backend = backends.canonical(config.backend)
-    backend_class = resolve_backend(config.backend, config.device)  # before the folder
+    backend_class = resolve_backend(config.backend, config.device, config.threads)  # before the folder
     run, created = runs.prepare_output(out, overwrite=overwrite)
     try:
         with runs.locked(run):
@@ -308,7 +316,8 @@ def _check_old_stream(run: Path, checkpoint: runs.Checkpoint, log: Callable[[str
 
 
 def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str | None = None,
-               device: str | None = None, step: str | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
+               device: str | None = None, step: str | None = None,
+               threads: int | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
                queries: Sequence[str] = (), evaluate_at_end: bool = True,
                on_epoch_end: Callable[[EpochContext], None] | None = None) -> TrainOutcome:
     """Continue the run in `run_arg` from its checkpoint.
@@ -336,6 +345,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             config.device = device
         if step is not None:
             config.step = step
+        if threads is not None:
+            config.threads = threads
         config.validate()
         saved_vocab = Vocab.load(run / runs.VOCAB)
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
@@ -348,7 +359,7 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             raise ConfigError(f"{run} has already trained {done['epoch']} of "
                               f"{config.epochs} epochs: pass --epochs N with N larger to "
                               f"train on")
-        session = _Session(config, run, resolve_backend(config.backend, config.device),
+        session = _Session(config, run, resolve_backend(config.backend, config.device, config.threads),
                            log=log, progress=progress)
         if session.vocab.digest() != saved_vocab.digest():
             raise DataError(f"the corpus gives another vocabulary than {run / runs.VOCAB} "

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
+from backends.base import ADAM_BETAS, ADAM_EPS, PADDED, AdamState, Backend, Params, Work
 from backends.jax import fast, model
 from backends.jax.fast import Tables
 from common.batching import Batch
@@ -123,6 +123,15 @@ class JaxBackend(Backend):
         # Not donated: evaluation must leave the parameters usable.
         self._eval_loss = jax.jit(functools.partial(objective, graphdef))
         self.init_params(seed)
+
+    # -- disclosure -------------------------------------------------------------------------
+    def work(self) -> Work:
+        if self.step == "chapter":
+            return Work(PADDED, "none", 1, "jax.jit (XLA), value_and_grad, optax.adam")
+        return Work(PADDED, "none", 1, "jax.jit (XLA), value_and_grad by chunks, optax.adam")
+
+    # JAX has no thread setting of its own: XLA's CPU pool is sized by the CPUs the process
+    # may use when its client starts (the first array), so the base class's pinning is it.
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> jax.Array:

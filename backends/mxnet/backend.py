@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import mxnet as mx
 import numpy as np
 
-from backends.base import AdamState, Backend, Params
+from backends.base import PADDED, PAIRS, AdamState, Backend, Params, Work
 from backends.mxnet import fast, kernels, model
 from common.batching import Batch
 from common.errors import ConfigError
@@ -132,6 +132,28 @@ class MXNetBackend(Backend):
             kernels.kernel_mode()  # a bad W2V_MXNET_KERNEL fails here, not at the first step
             self.trainer = fast.FastStep(vocab_size, embed_size, lr, self.context)
         self.init_params(seed)
+
+    # -- disclosure -------------------------------------------------------------------------
+    def work(self) -> Work:
+        if self.step == "chapter":
+            return Work(PADDED, "none", 1, "hybridized Gluon graph, autograd, gluon.Trainer adam")
+        native = [what for what, operator in (
+            ("Adam", self.trainer.optimizer.native_adam(self.context)),
+            ("gradients", self.trainer.native_gradients)) if operator is not None]
+        code = f"C++ -march=native ({', '.join(native)})" if native else "none"
+        return Work(PAIRS, code, 1, "hybridized loss graph, gradient written out, torch's Adam")
+
+    @classmethod
+    def set_threads(cls, threads: int) -> str:
+        """Pin the CPUs, then MXNet's OpenMP pool (intra-op). Its engine's worker threads
+        (inter-op, MXNET_CPU_WORKER_NTHREADS) are fixed when MXNet is imported."""
+        how = super().set_threads(threads)
+        if threads:
+            import ctypes
+
+            mx.base.check_call(mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(threads)))
+            how += f"; MXNet OpenMP threads {threads}"
+        return how
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> mx.np.ndarray:

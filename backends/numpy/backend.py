@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import AdamState, Backend, Params
+from backends.base import PADDED, AdamState, Backend, Params, Work
 from backends.numpy import fast, model, optim
 from common.batching import Batch
 from common.errors import ConfigError
@@ -43,6 +43,12 @@ class NumpyBackend(Backend):
         # The chapter's `net` over views of the stacked tables: it sees every update.
         self.model = model.SkipGramModel(self._params[0], self._params[1])
         self.init_params(seed)
+
+    # -- disclosure -------------------------------------------------------------------------
+    def work(self) -> Work:
+        if self.step == "chapter":
+            return Work(PADDED, "none", 1, "eager NumPy, gradient by hand, np.add.at scatter")
+        return Work(PADDED, "none", 1, "eager NumPy, gradient by hand, sorted scatter")
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import tensorflow as tf
 
-from backends.base import AdamState, Backend, Params
+from backends.base import PADDED, AdamState, Backend, Params, Work
 from backends.tf import fast, model, quiet_native_logs
 from common.batching import Batch
 from common.errors import ConfigError
@@ -134,6 +134,27 @@ class TFBackend(Backend):
         self._eval_loss = tf.function(self._eval_loss_graph, input_signature=BATCH_SIGNATURE,
                                       jit_compile=True)
         self.init_params(seed)
+
+    # -- disclosure -------------------------------------------------------------------------
+    def work(self) -> Work:
+        if self.step == "chapter":
+            return Work(PADDED, "none", 1, "tf.function (XLA), GradientTape, Keras Adam")
+        return Work(PADDED, "none", self.steps_per_call,
+                    "tf.function (XLA), GradientTape by blocks, Adam written out")
+
+    @classmethod
+    def set_threads(cls, threads: int) -> str:
+        """Pin the CPUs, then TensorFlow's intra-op and inter-op pools (settable until its
+        runtime starts, at the first operation)."""
+        how = super().set_threads(threads)
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+                how += f"; tf intra-op and inter-op threads {threads}"
+            except RuntimeError:
+                how += " (TensorFlow's runtime had started: its pools keep their size)"
+        return how
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> tf.Tensor:

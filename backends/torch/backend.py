@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Backend, Params
+from backends.base import ADAM_BETAS, ADAM_EPS, PADDED, PAIRS, AdamState, Backend, Params, Work
 from backends.torch import fast, model
 from common.batching import Batch
 from common.errors import ConfigError
@@ -83,6 +83,28 @@ class TorchBackend(Backend):
                 # them.
                 table.grad = torch.zeros_like(table)
         return torch.optim.Adam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
+
+    # -- disclosure -------------------------------------------------------------------------
+    def work(self) -> Work:
+        if self._autograd:
+            return Work(PADDED, "none", 1, "eager, autograd, torch.optim.Adam")
+        return Work(PAIRS if self._on_cpu else PADDED, "none", 1,
+                    "eager, gradient written out, fused torch.optim.Adam")
+
+    @classmethod
+    def set_threads(cls, threads: int) -> str:
+        """Pin the CPUs, then torch's intra-op pool and, if no parallel work ran yet, its
+        inter-op pool (torch allows that setting once, before its first use)."""
+        how = super().set_threads(threads)
+        if threads:
+            torch.set_num_threads(threads)
+            how += f"; torch.set_num_threads({threads})"
+            try:
+                torch.set_num_interop_threads(threads)
+                how += f", set_num_interop_threads({threads})"
+            except RuntimeError:
+                how += " (inter-op pool already started)"
+        return how
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> torch.Tensor:
