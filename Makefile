@@ -21,6 +21,12 @@ QUERY         ?= chip
 RUN           ?= runs/$(BACKEND)
 TRAIN_ARGS    ?=
 PYTEST_ARGS   ?=
+# `make bench QUICK=1`: the under-10-minute smoke check. BENCH_ARGS: more benchmarks.run flags
+# (--threads N, --allow-dirty, --rounds N). The interpreters may be another checkout's.
+QUICK         ?=
+BENCH_ARGS    ?=
+BENCH_PYTHON       ?= $(VENV)/bin/python
+BENCH_MXNET_PYTHON ?= $(MXNET_VENV)/bin/python
 
 VENV       := .venv
 MXNET_VENV := .venv-mxnet
@@ -40,7 +46,7 @@ endif
 PIP_QUIET := --quiet --disable-pip-version-check
 TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: train test test-main test-mxnet test-gpu bench env env-gpu lock check-minimums clean-env
+.PHONY: train test test-main test-mxnet test-gpu bench bench-corpus env env-gpu lock check-minimums clean-env
 
 train: $(TRAIN_VENV)/.ready
 	$(TRAIN_VENV)/bin/w2v train --backend $(BACKEND) --device $(DEVICE) --step $(STEP) --epochs $(EPOCHS) \
@@ -64,9 +70,19 @@ test-mxnet: $(MXNET_VENV)/.ready
 	W2V_RAN_FILE=$(MXNET_VENV)/.backends-ran W2V_LOCK_FILE=constraints/mxnet.txt $(REQUIRE_MXNET) \
 		$(MXNET_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# One commit, both steps of every backend of both environments in the same interleaved rounds,
+# the chapter's own pipeline (the floor) and gensim beside: benchmarks/results/latest.md.
 bench: $(VENV)/.ready $(MXNET_VENV)/.ready
-	$(VENV)/bin/python -m benchmarks.run --env main
-	$(MXNET_VENV)/bin/python -m benchmarks.run --env mxnet
+	$(BENCH_PYTHON) -m benchmarks.run --main-python $(BENCH_PYTHON) \
+		--mxnet-python $(BENCH_MXNET_PYTHON) $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Corpora past PTB (1M-100M tokens) and the data pipeline's scaling: long, and apart from
+# `make bench`; corpus_scale.md and pipeline_scaling.md say which commit they measured.
+bench-corpus: $(VENV)/.ready $(MXNET_VENV)/.ready
+	$(VENV)/bin/python -m benchmarks.pipeline_scaling --sizes 1M 10M 50M
+	$(VENV)/bin/python -m benchmarks.corpus_scale --sizes 1M 17M 100M --backends numpy torch jax tf
+	$(MXNET_VENV)/bin/python -m benchmarks.corpus_scale --sizes 1M 17M 100M --backends mxnet \
+		--no-peer
 
 env: $(VENV)/.ready $(MXNET_VENV)/.ready
 

@@ -85,10 +85,20 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# Set by `benchmarks.run` for every measurement it starts: the run's id and the commit it
+# checked once at its start, so that every row of one `make bench` says the same.
+RUN_ENV, COMMIT_ENV = "W2V_BENCH_RUN", "W2V_BENCH_COMMIT"
+
+
 def stamp(row: dict[str, Any]) -> dict[str, Any]:
-    """`row` with the machine, date, commit and Python version added."""
+    """`row` with the machine, date, commit, run and Python version added.
+
+    `threads` is the CPUs the process may use when stamped: after `--threads N` pinned it, N.
+    """
     return {**row, "cpu": cpu_model(), "threads": threads(),
-            "python": platform.python_version(), "date": now(), "commit": commit()}
+            "python": platform.python_version(), "date": now(),
+            "commit": os.environ.get(COMMIT_ENV) or commit(),
+            "run": os.environ.get(RUN_ENV, "")}
 
 
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:

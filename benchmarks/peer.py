@@ -66,7 +66,8 @@ class PeerResult:
                "train_seconds": self.train_seconds, "effective_words": self.effective_words,
                "raw_words": self.raw_words,
                "centre_words_per_second": self.words_per_second,
-               "raw_words_per_second": self.raw_words_per_second}
+               "raw_words_per_second": self.raw_words_per_second,
+               "peak_rss_mib": machine.peak_rss_mib()}
         if self.evaluation:
             row["evaluation"] = self.evaluation
         return machine.stamp(row)

@@ -21,6 +21,9 @@ from typing import Any
 from benchmarks import machine
 
 JSONL = machine.RESULTS / "scaling.jsonl"
+# One colour per backend in every plot: its chapter and fast steps share it.
+COLOURS = {"numpy": "tab:gray", "torch": "tab:red", "jax": "tab:blue", "tf": "tab:orange",
+           "mxnet": "tab:green"}
 BATCH_SIZES = (128, 256, 512, 1024, 2048, 4096)
 EMBED_SIZES = (50, 100, 200, 300)
 BASE_BATCH, BASE_EMBED = 512, 100
@@ -36,24 +39,26 @@ def points(batch_sizes: tuple[int, ...], embed_sizes: tuple[int, ...]) -> list[t
 def run(backend_name: str, device: str, *, data_path: str | None, repeats: int,
         warmup_steps: int, timed_words: int, optimizer: str, out: Path,
         batch_sizes: tuple[int, ...] = BATCH_SIZES,
-        embed_sizes: tuple[int, ...] = EMBED_SIZES) -> list[dict[str, Any]]:
+        embed_sizes: tuple[int, ...] = EMBED_SIZES, step: str = "fast", threads: int = 0,
+        round_number: int = 0) -> list[dict[str, Any]]:
     """Measure every point, appending each record to `out` as soon as it is taken."""
-    import backends
     from benchmarks.throughput import load_data, measure_backend, summary
+    from common.session import resolve_backend
 
-    backend_class = backends.load(backend_name)
+    backend_class = resolve_backend(backend_name, device, threads)
     rows, loaded = [], {}
     for batch_size, embed_size in points(batch_sizes, embed_sizes):
         if batch_size not in loaded:  # the batches depend on the batch size only
             loaded = {batch_size: load_data(backend_class, device, data_path=data_path,
                                             batch_size=batch_size, embed_size=embed_size,
-                                            optimizer=optimizer)}
+                                            optimizer=optimizer, step=step)}
         config, data = loaded[batch_size]
         config = dataclasses.replace(config, embed_size=embed_size).validate()
         with machine.cpu_lock():
             row = measure_backend(backend_class, device, config, data, repeats=repeats,
-                                  warmup_steps=warmup_steps, timed_words=timed_words)
-        row = machine.stamp({**row, "benchmark": "scaling"})
+                                  warmup_steps=warmup_steps, timed_words=timed_words,
+                                  first_epoch=round_number + 1)
+        row = machine.stamp({**row, "benchmark": "scaling", "round": round_number})
         print(summary(row), flush=True)
         machine.append_jsonl(out, row)
         rows.append(row)
@@ -61,12 +66,14 @@ def run(backend_name: str, device: str, *, data_path: str | None, repeats: int,
 
 
 def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest record per (backend, version, optimizer, device, batch, embed)."""
-    newest: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        newest[(row["backend"], row["framework_version"], row["optimizer"], row["device"],
-                row["batch_size"], row["embed_size"])] = row
-    return list(newest.values())
+    """The newest benchmark run's points, one per (backend, step, device, batch, embed): the
+    median over that run's rounds, with the rounds' min and max. Nothing of another run (so
+    of another commit) is mixed in."""
+    from benchmarks.report import across_rounds, of_newest_run
+
+    return across_rounds(of_newest_run(rows), ("backend", "framework_version", "step",
+                                                "optimizer", "device", "batch_size",
+                                                "embed_size"))
 
 
 def _series(rows: list[dict[str, Any]], vary: str, fixed: str,
@@ -74,7 +81,7 @@ def _series(rows: list[dict[str, Any]], vary: str, fixed: str,
     lines: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row[fixed] == fixed_value:
-            label = (f"{row['backend']} {row['framework_version']}"
+            label = (f"{row['backend']} {row.get('step', 'fast')}"
                      f"{'' if row['device'] == 'cpu' else ' ' + row['device']}")
             lines.setdefault(label, []).append(row)
     return {label: sorted(chosen, key=lambda r: r[vary]) for label, chosen in sorted(lines.items())}
@@ -103,7 +110,10 @@ def render(path: Path = JSONL) -> list[Path]:
             y = [r["centre_words_per_second"] for r in chosen]
             spread = [[v - r["centre_words_per_second_min"] for v, r in zip(y, chosen)],
                       [r["centre_words_per_second_max"] - v for v, r in zip(y, chosen)]]
-            axis.errorbar(x, y, yerr=spread, marker="o", capsize=3, label=label)
+            backend = label.split()[0]
+            axis.errorbar(x, y, yerr=spread, marker="o" if "fast" in label else "s",
+                          capsize=3, label=label, color=COLOURS.get(backend),
+                          linestyle="-" if "fast" in label else "--")
         if vary == "batch_size":
             axis.set_xscale("log", base=2)
         axis.set_xticks(sorted({r[vary] for r in rows if r[fixed] == fixed_value}))
@@ -111,7 +121,8 @@ def render(path: Path = JSONL) -> list[Path]:
         axis.set_xlabel(xlabel)
         axis.set_ylabel("centre words / s (median, min-max)")
         axis.set_title(f"PTB, dense Adam, {fixed.replace('_', ' ')} {fixed_value}; {cpu}, "
-                       f"{rows[-1].get('threads', '?')} threads", fontsize=7)
+                       f"{rows[-1].get('threads', '?')} threads; commit {rows[-1]['commit']}; "
+                       f"solid: fast, dashed: chapter", fontsize=7)
         axis.grid(alpha=0.3)
         axis.yaxis.set_major_formatter(
             matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
@@ -130,7 +141,8 @@ def table(path: Path = JSONL) -> str:
     columns = points(tuple(batch_sizes), tuple(embed_sizes))
     by_backend: dict[str, dict[tuple[int, int], float]] = {}
     for row in rows:
-        label = f"{row['backend']} {row['framework_version']} {row['device']}"
+        label = (f"{row['backend']} {row['framework_version']} {row.get('step', 'fast')} "
+                 f"{row['device']}")
         by_backend.setdefault(label, {})[(row["batch_size"], row["embed_size"])] = \
             row["centre_words_per_second"]
     header = "| backend | " + " | ".join(f"B={b} E={e}" for b, e in columns) + " |"
@@ -143,7 +155,7 @@ def table(path: Path = JSONL) -> str:
 
 @machine.script("scaling")
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.throughput import add_arguments
+    from benchmarks.throughput import add_arguments, check_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", help="measure this backend (omit with --render)")
@@ -159,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render and not args.backend:
         parser.error("give --backend NAME, or --render")
     if not args.render:
+        check_arguments(parser, args)
         run(args.backend, args.device, data_path=args.data, repeats=args.repeats,
             warmup_steps=args.warmup_steps, timed_words=args.timed_words,
             optimizer=args.optimizer, out=args.out, batch_sizes=tuple(args.batch_sizes),
-            embed_sizes=tuple(args.embed_sizes))
+            embed_sizes=tuple(args.embed_sizes), step=args.step, threads=args.threads,
+            round_number=args.round)
     for written in render(args.out):
         print(f"wrote {written}")
     return 0

@@ -43,13 +43,14 @@ def device_model(device: str) -> str:
 
 def load_data(backend_class: Any, device: str, *, data_path: str | None, batch_size: int,
               embed_size: int, optimizer: str, step: str = "fast",
-              seed: int = 0) -> tuple[Any, Any]:
-    """The chapter's config with these sizes, and PTB's static epochs shaped for the backend."""
+              seed: int = 0, corpus: str = "ptb") -> tuple[Any, Any]:
+    """The chapter's config with these sizes, and the corpus's (PTB's) static epochs shaped
+    for the backend."""
     from common.config import TrainConfig
     from common.data import prepare_training_data
 
     backend_class.check_device(device)
-    config = TrainConfig(backend=backend_class.name, device=device, corpus="ptb", data=data_path,
+    config = TrainConfig(backend=backend_class.name, device=device, corpus=corpus, data=data_path,
                          batch_size=batch_size, embed_size=embed_size, optimizer=optimizer,
                          step=step, seed=seed).validate()
     data = prepare_training_data(config, fixed_shapes=backend_class.fixed_shapes,
@@ -58,8 +59,14 @@ def load_data(backend_class: Any, device: str, *, data_path: str | None, batch_s
 
 
 def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, repeats: int,
-                    warmup_steps: int, timed_words: int | None = None) -> dict[str, Any]:
-    """Warm up, then time `repeats` regions (epochs, or `timed_words` worth of steps)."""
+                    warmup_steps: int, timed_words: int | None = None,
+                    first_epoch: int = 1) -> dict[str, Any]:
+    """Warm up, then time `repeats` regions (epochs, or `timed_words` worth of steps).
+
+    Region r trains on epoch `first_epoch + r`'s batches (a benchmark round passes its number,
+    so no two rounds time the same batches). The record discloses the work (`Backend.work`):
+    what a step computes, its slots per step, native code, steps per compiled call, threads.
+    """
     from common.batching import prefetch
     from common.training import real_examples, step_groups
 
@@ -79,10 +86,10 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
         steps = max(group_size, steps - steps % group_size)
     regions = []
     for repeat in range(repeats):
-        words, losses = 0, []
+        words, slots, losses = 0, 0, []
         # The batches are cut on a background thread, as in training; the next region's data
         # is a different epoch, so no repeat trains on exactly the batches of the one before.
-        batches = prefetch(islice(data.batches(repeat + 1), steps))
+        batches = prefetch(islice(data.batches(first_epoch + repeat), steps))
         backend.synchronize()
         started = time.perf_counter()
         for group in step_groups(batches, group_size):
@@ -91,7 +98,12 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
         backend.synchronize()
         seconds = time.perf_counter() - started
         loss = float(backend.losses_to_numpy(losses).sum()) / words
-        regions.append({"seconds": seconds, "words": words, "steps": len(losses), "loss": loss})
+        # Counted after the clock: what the timed steps computed, padding included or not.
+        for batch in islice(data.batches(first_epoch + repeat), steps):
+            slots += backend.slots_computed(batch)
+        regions.append({"seconds": seconds, "words": words, "steps": len(losses), "loss": loss,
+                        "slots": slots})
+    work = backend.work()
     rates = [r["words"] / r["seconds"] for r in regions]
     step_ms = [1000 * r["seconds"] / r["steps"] for r in regions]
     return {
@@ -100,7 +112,11 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
         "framework_version": backend_class.version(),
         "optimizer": config.optimizer,
         "step": config.step,
-        "steps_per_call": group_size,
+        "steps_per_call": work.steps_per_call,
+        "slots": work.slots,
+        "slots_per_step": regions[-1]["slots"] / regions[-1]["steps"],
+        "native_code": work.native_code,
+        "compiled": work.compiled,
         "device": backend.device,
         "device_model": device_model(backend.device),
         "batch_size": config.batch_size,
@@ -112,6 +128,8 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
         "centre_words_per_second_min": min(rates),
         "centre_words_per_second_max": max(rates),
         "ms_per_step": statistics.median(step_ms),
+        "ms_per_step_min": min(step_ms),
+        "ms_per_step_max": max(step_ms),
         "warmup_seconds": warmup_seconds,
         "warmup_steps": warmup_steps,
         "repeats": repeats,
@@ -124,16 +142,19 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
 def measure(backend_name: str, device: str, *, data_path: str | None, repeats: int,
             warmup_steps: int, batch_size: int, embed_size: int, optimizer: str,
             step: str = "fast", timed_words: int | None = None,
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, threads: int = 0, first_epoch: int = 1,
+            corpus: str = "ptb") -> dict[str, Any]:
     """Load the backend and PTB, then `measure_backend`; the record carries machine facts."""
-    import backends
+    from common.session import resolve_backend
 
-    backend_class = backends.load(backend_name)
+    backend_class = resolve_backend(backend_name, device, threads)
     config, data = load_data(backend_class, device, data_path=data_path, batch_size=batch_size,
                              embed_size=embed_size, optimizer=optimizer, step=step,
-                             seed=seed)
-    return machine.stamp(measure_backend(backend_class, device, config, data, repeats=repeats,
-                                         warmup_steps=warmup_steps, timed_words=timed_words))
+                             seed=seed, corpus=corpus)
+    row = measure_backend(backend_class, device, config, data, repeats=repeats,
+                          warmup_steps=warmup_steps, timed_words=timed_words,
+                          first_epoch=first_epoch)
+    return machine.stamp({**row, "corpus": data.corpus_name})
 
 
 def summary(row: dict[str, Any]) -> str:
@@ -144,7 +165,9 @@ def summary(row: dict[str, Any]) -> str:
             f"{row['centre_words_per_second']:,.0f} centre words/s "
             f"(min {row['centre_words_per_second_min']:,.0f}, max "
             f"{row['centre_words_per_second_max']:,.0f} over {row['repeats']} x {row['timed']}), "
-            f"{row['ms_per_step']:.2f} ms/step, warm-up {row['warmup_seconds']:.1f} s, "
+            f"{row['ms_per_step']:.2f} ms/step; {row['slots']}, {row['slots_per_step']:,.0f} "
+            f"slots/step, native code: {row['native_code']}, {row['steps_per_call']} step(s) "
+            f"per call, {row['threads']} thread(s); warm-up {row['warmup_seconds']:.1f} s, "
             f"peak RSS {row['peak_rss_mib']:.0f} MiB, loss {row['loss_after_timed_epoch']:.3f}")
 
 
@@ -155,6 +178,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--step", default="fast", choices=("chapter", "fast"),
                         help="the chapter's step (framework autodiff) or the tuned one")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads, as `w2v train --threads` (0: every CPU)")
+    parser.add_argument("--round", type=int, default=0,
+                        help="the benchmark round this measurement belongs to (recorded; its "
+                             "timed epochs start at epoch round + 1)")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line usage errors for impossible counts (`add_arguments`' and --timed-words)."""
+    if args.repeats < 1 or args.warmup_steps < 0 or (args.timed_words or 1) < 1:
+        parser.error("--repeats and --timed-words must be positive, --warmup-steps >= 0")
+    if args.threads < 0 or args.round < 0:
+        parser.error("--threads (0: every CPU) and --round must be non-negative integers")
 
 
 @machine.script("throughput")
@@ -167,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-size", type=int, default=100)
     parser.add_argument("--timed-words", type=int, default=None,
                         help="time this many centre words per repeat instead of a whole epoch")
+    parser.add_argument("--corpus", default="ptb",
+                        help="ptb (default) or a text file, one sentence per line")
     parser.add_argument("--out", default=None, help="append the JSON line here")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup_steps < 0 or (args.timed_words or 1) < 1:
-        parser.error("--repeats and --timed-words must be positive, --warmup-steps >= 0")
+    check_arguments(parser, args)
     row = measure(args.backend, args.device, data_path=args.data, repeats=args.repeats,
                   warmup_steps=args.warmup_steps, batch_size=args.batch_size,
                   embed_size=args.embed_size, optimizer=args.optimizer, step=args.step,
-                  timed_words=args.timed_words)
+                  timed_words=args.timed_words, threads=args.threads,
+                  first_epoch=args.round + 1, corpus=args.corpus)
+    row["round"] = args.round
     print(summary(row))
     print(json.dumps(row, sort_keys=True))
     if args.out:
