@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import random
 import statistics
@@ -261,13 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                      "--timed-words positive")
     row = measure(args.data, epochs=args.epochs, seed=args.seed, threads=args.threads,
                   workers=args.loader_workers, timed_words=args.timed_words)
-    print(f"chapter baseline (torch {row['framework_version']}): data build "
-          f"{row['data_build_seconds']:.1f} s, {row['centre_words_per_second']:,.0f} centre "
-          f"words/s over {row['epochs']} epoch(s) of {row['centre_words']:,} centre words, "
-          f"loss {row['loss']:.3f}, peak RSS {row['peak_rss_mib']:.0f} MiB")
-    print(json.dumps(row, sort_keys=True))
-    if args.out:
-        machine.append_jsonl(args.out, row)
+    machine.emit(row, f"chapter baseline (torch {row['framework_version']}): data build "
+                      f"{row['data_build_seconds']:.1f} s, {row['centre_words_per_second']:,.0f} "
+                      f"centre words/s over {row['timed_words']:,} centre words of an epoch, "
+                      f"loss {row['loss']:.3f}, peak RSS {row['peak_rss_mib']:.0f} MiB", args.out)
     return 0
 
 

@@ -109,6 +109,14 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row, sort_keys=True) + "\n")
 
 
+def emit(row: dict[str, Any], line: str, out: str | os.PathLike | None) -> None:
+    """A measurement's output: its readable line, its JSON line, and the JSON appended to `out`."""
+    print(line)
+    print(json.dumps(row, sort_keys=True), flush=True)
+    if out:
+        append_jsonl(out, row)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every JSON line of `path` (none if it does not exist); a torn line is skipped."""
     path = Path(path)

@@ -69,7 +69,8 @@ def across_rounds(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[d
     return merged
 
 
-def _order(row: dict[str, Any]) -> tuple:
+def order(row: dict[str, Any]) -> tuple:
+    """The tables' row order: device, then numpy, torch, jax, tf, mxnet, then chapter, fast."""
     backend = row["backend"]
     return (row["device"], BACKEND_ORDER.index(backend) if backend in BACKEND_ORDER else 99,
             backend, STEP_ORDER.index(row["step"]) if row.get("step") in STEP_ORDER else 9)
@@ -81,7 +82,7 @@ def throughput_rows() -> list[dict[str, Any]]:
     rows = across_rounds(of_newest_run(machine.read_jsonl(RESULTS / "throughput.jsonl")), ("backend", "framework_version", "step",
                                                "optimizer", "device", "batch_size",
                                                "embed_size"))
-    return sorted(rows, key=_order)
+    return sorted(rows, key=order)
 
 
 def baseline_row(run: str | None = None) -> dict[str, Any] | None:
@@ -94,7 +95,7 @@ def baseline_row(run: str | None = None) -> dict[str, Any] | None:
 def quality_rows(run: str | None = None) -> list[dict[str, Any]]:
     rows = _newest(of_newest_run(machine.read_jsonl(RESULTS / "quality.jsonl"), run),
                    "backend", "framework_version", "step", "device", "optimizer")
-    return sorted(rows, key=lambda r: _order(dict(r, step=r.get("step", "fast"))))
+    return sorted(rows, key=lambda r: order(dict(r, step=r.get("step", "fast"))))
 
 
 def peer_rows(run: str | None = None) -> list[dict[str, Any]]:
@@ -384,9 +385,39 @@ def render_all() -> list[Path]:
     return written
 
 
+def fill(path: Path, marker: str, body: str) -> bool:
+    """Replace what sits between `<!-- bench:MARKER -->` and `<!-- /bench:MARKER -->` in
+    `path` with `body` (written atomically); False when the markers are missing."""
+    from common.io import write_text
+
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- bench:{marker} -->", f"<!-- /bench:{marker} -->"
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    write_text(path, f"{head}{start}\n{body.strip()}\n{end}{tail}")
+    return True
+
+
+def update_readmes() -> list[Path]:
+    """The README's summary and benchmarks/README.md's tables, from the newest run."""
+    root = RESULTS.parent.parent
+    latest = (RESULTS / "latest.md").read_text(encoding="utf-8").split("\n", 1)[1]
+    latest = latest.replace("\n## ", "\n### ").replace("](", "](results/")
+    done = [path for path, marker, body in (
+        (root / "README.md", "summary", summary_table()),
+        (root / "benchmarks" / "README.md", "latest", latest)) if fill(path, marker, body)]
+    return done
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--summary"]:  # the README's table
         print(summary_table())
+        sys.exit(0)
+    if sys.argv[1:] == ["--readmes"]:  # rewrite both READMEs' tables from the newest run
+        for path in update_readmes():
+            print(f"wrote {path}")
         sys.exit(0)
     for path in render_all():
         print(f"wrote {path}")

@@ -139,15 +139,17 @@ def table(path: Path = JSONL) -> str:
     batch_sizes = sorted({r["batch_size"] for r in rows if r["embed_size"] == BASE_EMBED})
     embed_sizes = sorted({r["embed_size"] for r in rows if r["batch_size"] == BASE_BATCH})
     columns = points(tuple(batch_sizes), tuple(embed_sizes))
+    from benchmarks.report import order
+
     by_backend: dict[str, dict[tuple[int, int], float]] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: order(dict(r, step=r.get("step", "fast")))):
         label = (f"{row['backend']} {row['framework_version']} {row.get('step', 'fast')} "
                  f"{row['device']}")
         by_backend.setdefault(label, {})[(row["batch_size"], row["embed_size"])] = \
             row["centre_words_per_second"]
     header = "| backend | " + " | ".join(f"B={b} E={e}" for b, e in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
-    for label, values in sorted(by_backend.items()):
+    for label, values in by_backend.items():
         cells = [f"{values[c] / 1000:,.0f}k" if c in values else "-" for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -15,7 +15,6 @@ Prints one readable line and one JSON line (appended to `--out` when given).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -214,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                   timed_words=args.timed_words, threads=args.threads,
                   first_epoch=args.round + 1, corpus=args.corpus)
     row["round"] = args.round
-    print(summary(row))
-    print(json.dumps(row, sort_keys=True))
-    if args.out:
-        machine.append_jsonl(args.out, row)
+    machine.emit(row, summary(row), args.out)
     return 0
 
 
