@@ -1,6 +1,6 @@
 """The fault table (issue 18): nothing lost, nothing unbounded, every file read is validated.
 
-One family per promise of the README's reliability section:
+One family per promise of the reliability section of tests/README.md:
 
 1. replace, never delete first: a failing `--overwrite` leaves the old run byte for byte;
 2. the resource preflight: sizes that cannot fit are refused before they are allocated;
