@@ -128,11 +128,11 @@ class _Session:
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
             f"vocabulary {len(self.vocab):,}, {self.data.num_examples(0):,} centre words per "
             f"epoch ({config.sampling} sampling)")
-        self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.lr,
+        self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.learning_rate,
                                           device=config.device, seed=config.seed,
                                           optimizer=config.optimizer, step=config.step)
         # Over all epochs as configured: `--resume --epochs N` stretches what is left of it.
-        self.backend.set_lr_schedule(config.lr_schedule,
+        self.backend.set_lr_schedule(config.schedule,
                                      config.epochs * self.data.num_batches(0))
         from common.heldout import HeldOut
 

@@ -57,6 +57,7 @@ def make_batch(rng: np.random.Generator, batch_size: int = 12, *,
     """Random chapter-style batch: n_ctx contexts then 5 noise words per context, then padding.
 
     A small vocabulary makes ids repeat within and across rows (the gradient must sum them).
+    Ids start at 1: 0 is the padding id (`<unk>`, which the pipeline never emits).
     """
     num_contexts = rng.integers(1, 4, size=batch_size)
     if all_padding_row:
@@ -66,9 +67,9 @@ def make_batch(rng: np.random.Generator, batch_size: int = 12, *,
     position = np.arange(slots)[None, :]
     masks = (position < lengths[:, None]).astype(np.float32)
     labels = (position < num_contexts[:, None]).astype(np.float32)
-    ids = rng.integers(0, VOCAB, size=(batch_size, slots)).astype(np.int32)
+    ids = rng.integers(1, VOCAB, size=(batch_size, slots)).astype(np.int32)
     ids[masks == 0] = 0
-    centers = rng.integers(0, VOCAB, size=(batch_size, 1)).astype(np.int32)
+    centers = rng.integers(1, VOCAB, size=(batch_size, 1)).astype(np.int32)
     return Batch(centers, ids, masks, labels)
 
 
