@@ -82,6 +82,27 @@ def localize(batch: Batch) -> LocalBatch:
                       center_touched, context_touched)
 
 
+def local_rows(count: int) -> int:
+    """A local batch's row count rounded up to a power of two (at least 64), so that a
+    compiled step (jit, XLA) sees a few shapes rather than one per batch."""
+    return max(64, 1 << (count - 1).bit_length())
+
+
+def stack_local(batches: Sequence[Batch]) -> tuple[list[Batch], np.ndarray, np.ndarray]:
+    """For compiled steps: batches -> their local batches, rows (G, n) int32 and touched
+    flags (G, 2, n) float32 (centre table, context table), n = `local_rows` of the largest;
+    rows past a batch's own are 0 (padding) and untouched."""
+    local = [localize(batch) for batch in batches]
+    width = local_rows(max(len(item.rows) for item in local))
+    rows = np.zeros((len(local), width), np.int32)
+    touched = np.zeros((len(local), 2, width), np.float32)
+    for index, item in enumerate(local):
+        rows[index, :len(item.rows)] = item.rows
+        touched[index, 0, :len(item.rows)] = item.center_touched
+        touched[index, 1, :len(item.rows)] = item.context_touched
+    return [item.batch for item in local], rows, touched
+
+
 class RealPairs(NamedTuple):
     """A batch's real (centre, context) slots, padding dropped, sorted by centre id (stable).
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from backends.base import AdamState, Backend, Params
 from backends.tf import fast, model, optim, quiet_native_logs
-from common.batching import Batch, localize
+from common.batching import Batch, stack_local
 
 # Batch tensors as the compiled functions take them: ids int32 (what XLA's gather wants on
 # every device), masks and labels float32. None dimensions: one trace serves any (B, L).
@@ -60,11 +60,6 @@ SIGNATURES = {
                     tf.TensorSpec([None], tf.float32, name="lrs")),
 }
 
-
-def local_rows(count: int) -> int:
-    """A local batch's row count, rounded up to a power of two (at least 64), so that XLA
-    compiles a few programs rather than one per batch."""
-    return max(64, 1 << (count - 1).bit_length())
 
 
 class ChapterStep:
@@ -208,20 +203,6 @@ class TFBackend(Backend):
         """The fast step with a sparse optimiser: batches go in as local batches."""
         return self.step == "fast" and self.optimizer != "adam"
 
-    def _local_arrays(self, batches: Sequence[Batch]) -> tuple[list[Batch], np.ndarray,
-                                                                np.ndarray]:
-        """Batches -> their local batches, rows (G, n) int32 and touched flags (G, 2, n),
-        n a power of two (`local_rows`); rows past a batch's own are 0, untouched."""
-        local = [localize(batch) for batch in batches]
-        width = local_rows(max(len(item.rows) for item in local))
-        rows = np.zeros((len(local), width), np.int32)
-        touched = np.zeros((len(local), 2, width), np.float32)
-        for index, item in enumerate(local):
-            rows[index, :len(item.rows)] = item.rows
-            touched[index, 0, :len(item.rows)] = item.center_touched
-            touched[index, 1, :len(item.rows)] = item.context_touched
-        return [item.batch for item in local], rows, touched
-
     def _stacked_tensors(self, batches: Sequence[Batch]) -> tuple[tf.Tensor, ...]:
         """Up to G = `steps_per_call` batches -> (G, B, 1), (G, B, L) ... on the device.
 
@@ -271,7 +252,7 @@ class TFBackend(Backend):
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         if self._local:
-            (local,), rows, _ = self._local_arrays([batch])
+            (local,), rows, _ = stack_local([batch])
             with tf.device(self.tf_device):
                 loss, gradients = self.trainer.loss_and_grads(*self._batch_tensors(local),
                                                               tf.constant(rows[0]))
@@ -291,7 +272,7 @@ class TFBackend(Backend):
 
     def train_step(self, batch: Batch) -> tf.Tensor:
         if self._local:
-            (local,), rows, touched = self._local_arrays([batch])
+            (local,), rows, touched = stack_local([batch])
             with tf.device(self.tf_device):
                 lr = tf.constant(self.next_lr(), tf.float32)
                 return self.trainer.train_step(*self._batch_tensors(local),
@@ -312,7 +293,7 @@ class TFBackend(Backend):
             lrs[:len(group)] = [self.next_lr() for _ in group]
             local: tuple[tf.Tensor, ...] = ()
             if self._local:
-                group, rows, touched = self._local_arrays(group)
+                group, rows, touched = stack_local(group)
                 missing = self.steps_per_call - len(group)  # slots past the group: never run
                 local = (tf.constant(np.pad(rows, [(0, missing), (0, 0)])),
                          tf.constant(np.pad(touched, [(0, missing), (0, 0), (0, 0)])))
