@@ -39,7 +39,7 @@ def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float
         return lr
     if schedule == "decay":  # word2vec: lr (1 - progress), never below its floor
         progress = (step - 1) / max(total_steps - 1, 1)
-        return lr * max(1.0 - (1.0 - DECAY_FLOOR) * progress, DECAY_FLOOR)
+        return lr * (DECAY_FLOOR + (1.0 - DECAY_FLOOR) * max(1.0 - progress, 0.0))
     return lr * max(total_steps - step + 1, 1) / total_steps
 
 

@@ -154,7 +154,7 @@ class _Session:
             # The step that trained it, for the record: both keep the same state, so a resume
             # may continue with either.
             dict(result.state_dict(), valid_losses=self.valid_losses, step=self.config.step),
-            self.vocab.digest()))
+            self.vocab.digest(), optimizer=self.config.optimizer))
 
     def restore(self, checkpoint: runs.Checkpoint) -> TrainResult:
         from backends.base import AdamState, Params
@@ -341,6 +341,10 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
                                           shape=(len(saved_vocab), config.embed_size))
         done = checkpoint.position
+        if checkpoint.optimizer not in ("", config.optimizer):
+            raise DataError(f"{run / runs.CHECKPOINT} holds {checkpoint.optimizer} state, but "
+                            f"{run / runs.CONFIG} says --optimizer {config.optimizer}: it "
+                            f"belongs to another run; train again")
         if checkpoint.format < runs.CHECKPOINT_FORMAT:
             _check_old_stream(run, checkpoint, log)
         # All epochs trained but stopped before the vectors were exported: just finish.
