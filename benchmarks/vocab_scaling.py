@@ -93,7 +93,7 @@ def measure(backend_name: str, optimizer: str, step: str, vocab_size: int, *, se
         backend.synchronize()
 
     started = time.perf_counter()
-    run(2 * group, 0)  # compilation; the sparse steps' row counts
+    run(max(group, 4), 0)  # compilation; the sparse steps' row counts
     warmup_seconds = time.perf_counter() - started
     steps, elapsed = 0, 0.0
     while steps < max_steps and (steps < min_steps or elapsed < seconds):
