@@ -284,7 +284,8 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
             session.backend.init_params(config.seed)
             session.replaces_folder = True  # config and vocab are written with the checkpoint
             log(f"training with {session.backend_class.name} {session.backend_class.version()} "
-                f"on {session.backend.device} ({config.step} step), writing {run}")
+                f"on {session.backend.device} ({config.step} step, {config.optimizer} at lr "
+                f"{config.learning_rate:g}, {config.schedule} schedule), writing {run}")
             result = session.fit(None, on_epoch_end)
             return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
     except BaseException:
