@@ -12,6 +12,14 @@ The objective, identical everywhere (written out, with its gradient, in the NumP
 `per_example` equals the chapter's `loss(pred, label, mask) * L / mask.sum(1)`; the `max(., 1)`
 only matters for all-padding rows (fixed-shape backends pad the last batch), which then count 0.
 Adam follows torch.optim.Adam: lr 0.002, betas (0.9, 0.999), eps 1e-8 added to sqrt(v_hat).
+
+The optimisers (`optimizer=`), the same in every backend and step:
+- adam: the chapter's dense Adam; every row's moments decay at every step, touched or not.
+- sparse_adam: torch.optim.SparseAdam: only a batch's touched rows (`common.batching.
+  touched_rows`) update their moments and weights, with SparseAdam's step size
+  lr sqrt(1 - beta2^t) / (1 - beta1^t) and eps added to the uncorrected sqrt(v).
+- sgd: word2vec's `w -= lr_t grad` on the touched rows (the others' gradient is 0).
+Row 0 (`<unk>`, which the pipeline never emits) is the padding row: no optimiser touches it.
 """
 from __future__ import annotations
 
@@ -54,11 +62,30 @@ class Params(NamedTuple):
 
 
 class AdamState(NamedTuple):
-    """Framework-neutral Adam state, so a checkpoint from one backend resumes in another."""
+    """Framework-neutral optimiser state, so a checkpoint from one backend resumes in another.
+
+    adam and sparse_adam: the step count and both moments of both tables, (V, E) each.
+    sgd: the step count alone (its schedule's position); the moments are (0, E) arrays.
+    """
 
     step: int
     exp_avg: Params     # first moments, same shapes as the parameters
     exp_avg_sq: Params  # second moments
+
+
+OPTIMIZERS = ("adam", "sparse_adam", "sgd")
+
+
+def moment_rows(optimizer: str, vocab_size: int) -> int:
+    """Rows of each moment table the optimiser keeps: V for the Adams, 0 for sgd."""
+    return 0 if optimizer == "sgd" else vocab_size
+
+
+def empty_state(optimizer: str, vocab_size: int, embed_size: int) -> AdamState:
+    """A fresh optimiser's state: step 0, zero moments (none for sgd)."""
+    zeros = Params(*(np.zeros((moment_rows(optimizer, vocab_size), embed_size), np.float32)
+                     for _ in range(2)))
+    return AdamState(0, zeros, zeros)
 
 
 def xavier_uniform(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
@@ -93,6 +120,9 @@ class Backend(abc.ABC):
 
         if step not in STEPS:
             raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {step!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"the {self.name} backend's {step} step offers --optimizer "
+                              f"{', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.step = step
         self.vocab_size = vocab_size
         self.embed_size = embed_size
@@ -200,9 +230,16 @@ class Backend(abc.ABC):
             self._check_shape(table, "parameter table")
 
     def _check_adam_state(self, state: AdamState) -> None:
-        """`load_optimizer_state`'s check, before anything is replaced: four (V, E) moments."""
+        """`load_optimizer_state`'s check, before anything is replaced: four (V, E) moments
+        for the Adams, four (0, E) for sgd (a checkpoint of another optimiser is refused)."""
+        from common.errors import DataError
+
+        expected = (moment_rows(self.optimizer, self.vocab_size), self.embed_size)
         for table in (*state.exp_avg, *state.exp_avg_sq):
-            self._check_shape(table, "optimizer state")
+            if np.shape(table) != expected:
+                raise DataError(f"optimizer state has shape {np.shape(table)}, --optimizer "
+                                f"{self.optimizer} needs {expected}: resume with the "
+                                f"optimizer the run was trained with")
 
     # -- training ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -7,6 +7,8 @@
 Three settings on PTB, each one curve per seed:
 - `chapter`: `w2v train` with the chapter's hyperparameters (torch, 5 epochs);
 - `best`: the setting the sweep found (`BEST`, see the README's "Sweep");
+- `sgd`: `--optimizer sgd` with its defaults (benchmarks/README.md, "Optimisers whose cost
+  follows the touched words");
 - `gensim`: the peer (`benchmarks.peer.train_gensim`): sg=1, window 5, 5 noise words,
   100 dimensions, sample 1e-4, min_count 10, 20 epochs, 2 workers, in one `train()` call with
   gensim's own linearly decaying learning rate. A callback scores the vectors at each epoch
@@ -37,6 +39,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "chapter": {},
     "best": dict(lr=0.005, lr_schedule="linear", sampling="resample", max_window_size=12,
                  num_noise_words=5, epochs=8),
+    # word2vec's optimiser with its defaults (the swept rate, decaying to 0.4%), 5 epochs.
+    "sgd": dict(optimizer="sgd"),
 }
 GENSIM_EPOCHS, GENSIM_WORKERS = 20, 2
 

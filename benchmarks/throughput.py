@@ -69,7 +69,7 @@ def measure_backend(backend_class: Any, device: str, config: Any, data: Any, *, 
     from common.batching import prefetch
     from common.training import real_examples, step_groups
 
-    backend = backend_class(len(data.vocab), config.embed_size, lr=config.lr, device=device,
+    backend = backend_class(len(data.vocab), config.embed_size, lr=config.learning_rate, device=device,
                             seed=config.seed, optimizer=config.optimizer, step=config.step)
     # Steps go in groups of `steps_per_call`, as the epoch driver hands them to the backend.
     group_size = backend_class.steps_per_call

@@ -39,6 +39,70 @@ def _make_batch(centers: np.ndarray, contexts_negatives: np.ndarray, num_context
                  (columns < num_contexts[:, None]).astype(np.float32))
 
 
+def touched_rows(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a sparse optimiser updates: (centre-table rows, context-table rows), sorted.
+
+    The centre table's are the batch's centres; the context table's, the ids of the slots
+    with mask > 0. Row 0 is the padding id (`<unk>`, which the pipeline never emits): it is
+    never touched, as `padding_idx=0` makes it in torch.
+    """
+    centres = np.unique(np.asarray(batch.centers))
+    contexts = np.unique(np.asarray(batch.contexts_negatives)[np.asarray(batch.masks) > 0])
+    return centres[centres != 0].astype(np.int64), contexts[contexts != 0].astype(np.int64)
+
+
+class LocalBatch(NamedTuple):
+    """A batch over its own small vocabulary: the rows it looks up, renumbered from 0.
+
+    A sparse optimiser's step then costs what the batch touches, not V: gather `rows` of
+    the tables (and moments), run the dense step on those (n, E) tables, scatter back.
+    """
+
+    rows: np.ndarray             # (n,) int64 global ids, sorted; rows[0] == 0, the padding row
+    batch: Batch                 # the same batch, ids as positions in `rows`
+    center_touched: np.ndarray   # (n,) bool: the centre table's touched rows (`touched_rows`)
+    context_touched: np.ndarray  # (n,) bool: the context table's
+
+
+def localize(batch: Batch) -> LocalBatch:
+    """Renumber a batch's ids to positions in its sorted unique ids (0 always first)."""
+    centers = np.asarray(batch.centers)
+    contexts = np.asarray(batch.contexts_negatives)
+    ids = np.concatenate([[0], centers.ravel(), contexts.ravel()])
+    rows, inverse = np.unique(ids, return_inverse=True)
+    local_centers = inverse[1:1 + centers.size].reshape(centers.shape).astype(np.int32)
+    local_contexts = inverse[1 + centers.size:].reshape(contexts.shape).astype(np.int32)
+    center_touched = np.zeros(len(rows), dtype=bool)
+    context_touched = np.zeros(len(rows), dtype=bool)
+    center_touched[local_centers] = True
+    context_touched[local_contexts[np.asarray(batch.masks) > 0]] = True
+    center_touched[0] = context_touched[0] = False
+    return LocalBatch(rows.astype(np.int64), Batch(local_centers, local_contexts, batch.masks,
+                                                   batch.labels),
+                      center_touched, context_touched)
+
+
+def local_rows(count: int) -> int:
+    """A local batch's row count rounded up to a power of two (at least 64), so that a
+    compiled step (jit, XLA) sees a few shapes rather than one per batch."""
+    return max(64, 1 << (count - 1).bit_length())
+
+
+def stack_local(batches: Sequence[Batch]) -> tuple[list[Batch], np.ndarray, np.ndarray]:
+    """For compiled steps: batches -> their local batches, rows (G, n) int32 and touched
+    flags (G, 2, n) float32 (centre table, context table), n = `local_rows` of the largest;
+    rows past a batch's own are 0 (padding) and untouched."""
+    local = [localize(batch) for batch in batches]
+    width = local_rows(max(len(item.rows) for item in local))
+    rows = np.zeros((len(local), width), np.int32)
+    touched = np.zeros((len(local), 2, width), np.float32)
+    for index, item in enumerate(local):
+        rows[index, :len(item.rows)] = item.rows
+        touched[index, 0, :len(item.rows)] = item.center_touched
+        touched[index, 1, :len(item.rows)] = item.context_touched
+    return [item.batch for item in local], rows, touched
+
+
 class RealPairs(NamedTuple):
     """A batch's real (centre, context) slots, padding dropped, sorted by centre id (stable).
 

@@ -40,7 +40,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, lists: bool = False) ->
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         kind = field.type if isinstance(field.type, type) else \
-            {"int": int, "float": float, "str": str}.get(str(field.type), str)
+            {"int": int, "float": float, "str": str}.get(str(field.type).removesuffix(" | None"),
+                                                      str)
         help_text = field.metadata.get("help", "")
         extra = {k: v for k, v in field.metadata.items() if k != "help"}
         if lists and field.name not in SINGLE_VALUED:

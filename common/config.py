@@ -12,8 +12,15 @@ from typing import Any
 from common.errors import ConfigError
 
 SAMPLING_MODES = ("static", "resample")
-OPTIMIZERS = ("adam", "sparse_adam")
-LR_SCHEDULES = ("constant", "linear")
+OPTIMIZERS = ("adam", "sparse_adam", "sgd")
+# decay: word2vec's and gensim's schedule, from lr down to `DECAY_FLOOR * lr` (0.025 -> 0.0001).
+LR_SCHEDULES = ("constant", "linear", "decay")
+DECAY_FLOOR = 0.004
+# Each optimiser's rate and schedule when --lr / --lr-schedule are not given. Adam and sparse
+# Adam keep the chapter's; sgd's starting rate is the best of a measured sweep on PTB
+# (benchmarks/README.md, "Optimisers whose cost follows the touched words").
+DEFAULT_LR = {"adam": 0.002, "sparse_adam": 0.002, "sgd": 1.5}
+DEFAULT_LR_SCHEDULE = {"adam": "constant", "sparse_adam": "constant", "sgd": "decay"}
 MAX_EPOCHS = 1_000_000  # far beyond any run, and still an exact float and a small int64
 # What `--step` chooses; `backends.base` imports it from here (`common` imports no backend).
 STEPS = ("chapter", "fast")
@@ -23,12 +30,16 @@ def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float
     """The learning rate of optimiser step `step` (1-based) of `total_steps`.
 
     constant: `lr` throughout (the chapter). linear: from `lr` at the first step down to
-    `lr / total_steps` at the last, as gensim and the original word2vec decay theirs, so the
-    vectors settle instead of drifting at full step size; never 0, even past the end (a
-    resumed run with more epochs recomputes `total_steps`). One definition for every backend.
+    `lr / total_steps` at the last, so the vectors settle instead of drifting at full step
+    size; never 0, even past the end (a resumed run with more epochs recomputes
+    `total_steps`). decay: word2vec's and gensim's, from `lr` at the first step to
+    `DECAY_FLOOR * lr` at the last, and no lower after. One definition for every backend.
     """
     if schedule == "constant" or total_steps < 1:
         return lr
+    if schedule == "decay":  # word2vec: lr (1 - progress), never below its floor
+        progress = (step - 1) / max(total_steps - 1, 1)
+        return lr * (DECAY_FLOOR + (1.0 - DECAY_FLOOR) * max(1.0 - progress, 0.0))
     return lr * max(total_steps - step + 1, 1) / total_steps
 
 
@@ -43,7 +54,10 @@ class TrainConfig:
     backend: str = field(default="torch", metadata=_flag("framework backend (env W2V_BACKEND)"))
     device: str = field(default="cpu", metadata=_flag("cpu, gpu or gpu:N"))
     epochs: int = field(default=5, metadata=_flag("training epochs"))
-    lr: float = field(default=0.002, metadata=_flag("Adam learning rate"))
+    # None: not given, the optimiser's default (`learning_rate`); a value overrides it.
+    lr: float | None = field(default=None, metadata=_flag(
+        "learning rate (adam, sparse_adam: 0.002; sgd: its starting rate, "
+        f"{DEFAULT_LR['sgd']})"))
     batch_size: int = field(default=512, metadata=_flag("centre words per minibatch"))
     embed_size: int = field(default=100, metadata=_flag("embedding dimension"))
     max_window_size: int = field(default=5, metadata=_flag("largest context window"))
@@ -55,14 +69,16 @@ class TrainConfig:
         metadata=_flag("static: sample once (chapter); resample: every epoch (exercise 2)",
                        choices=SAMPLING_MODES),
     )
-    lr_schedule: str = field(
-        default="constant",
-        metadata=_flag("constant (chapter) or linear: decay to about 0 over the run",
-                       choices=LR_SCHEDULES),
+    lr_schedule: str | None = field(
+        default=None,
+        metadata=_flag("constant (chapter), linear: to about 0 over the run, decay: to 0.4%% "
+                       "of the rate (word2vec's); default: constant for adam and sparse_adam, "
+                       "decay for sgd", choices=LR_SCHEDULES),
     )
     optimizer: str = field(
         default="adam",
-        metadata=_flag("adam: the chapter's dense Adam; sparse_adam: lazy rows (faster, differs)",
+        metadata=_flag("adam: the chapter's dense Adam; sparse_adam: torch's SparseAdam, the "
+                       "touched rows only; sgd: word2vec's update on the touched rows",
                        choices=OPTIMIZERS),
     )
     step: str = field(
@@ -96,6 +112,8 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be at most {MAX_EPOCHS:,}, got {self.epochs!r}")
         for name in ("lr", "subsample_t"):
             value = getattr(self, name)
+            if name == "lr" and value is None:
+                continue  # not given: the optimiser's default
             if not isinstance(value, (int, float)) or not value > 0 or value != value \
                     or value == float("inf"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, "
@@ -103,7 +121,7 @@ class TrainConfig:
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_MODES)}, "
                               f"got {self.sampling!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"got {self.lr_schedule!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -117,6 +135,16 @@ class TrainConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         return self
+
+    @property
+    def learning_rate(self) -> float:
+        """`--lr` when given, else the optimiser's default."""
+        return float(self.lr) if self.lr is not None else DEFAULT_LR.get(self.optimizer, 0.002)
+
+    @property
+    def schedule(self) -> str:
+        """`--lr-schedule` when given, else the optimiser's default."""
+        return self.lr_schedule or DEFAULT_LR_SCHEDULE.get(self.optimizer, "constant")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

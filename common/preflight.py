@@ -92,8 +92,10 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
     """The bytes a run of `config` on a corpus of `shape` holds at its peak, per item.
 
     - tables: the centre and context embeddings (V, E) float32;
-    - gradients: dense (V, E) pairs for `adam`; the touched rows for `sparse_adam`;
-    - optimizer state: Adam's two moments of both tables (dense, for both optimisers);
+    - gradients: dense (V, E) pairs for `adam` and for the sparse optimisers' chapter step
+      (most frameworks' autodiff writes them); the touched rows for their fast step;
+    - optimizer state: Adam's two moments of both tables for `adam` and `sparse_adam`
+      (SparseAdam's are dense too), none for `sgd`;
     - transient copies: one more set of tables, gradients and state, for frameworks whose
       update writes new arrays before it frees the old ones (JAX, XLA, autograd buffers);
     - padded batch: ids, masks and labels of the batches in flight (`BATCHES_IN_FLIGHT`, and
@@ -110,11 +112,11 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
         rows = config.batch_size if shape.centres >= config.batch_size else rows
     table = vocab * embed * FLOAT32
     items: dict[str, int] = {"tables": 2 * table}
-    if config.optimizer == "sparse_adam":
+    if config.optimizer != "adam" and config.step == "fast":
         items["gradients"] = 2 * min(vocab, rows * (1 + width)) * embed * FLOAT32
     else:
         items["gradients"] = 2 * table
-    items["optimizer state"] = 4 * table
+    items["optimizer state"] = 0 if config.optimizer == "sgd" else 4 * table
     items["transient copies"] = items["tables"] + items["gradients"] + items["optimizer state"]
     batch_ids = rows * (INT32 + width * (INT32 + FLOAT32 + FLOAT32))
     in_flight = BATCHES_IN_FLIGHT + 2 * (steps_per_call - 1)  # a group, and its stacked copy
@@ -208,7 +210,9 @@ def check(config: TrainConfig, shape: Shape, *, fixed_shapes: bool, steps_per_ca
             f"V={shape.vocab_size:,}, E={config.embed_size:,}, K={config.num_noise_words:,}, "
             f"window={config.max_window_size:,}, batch={config.batch_size:,}) but "
             f"{human(free)} are available ({source}): lower --embed-size, --batch-size, "
-            f"--max-window-size or --num-noise-words")
+            f"--max-window-size or --num-noise-words, or raise --min-freq (fewer words)"
+            + ("" if config.optimizer == "sgd" else
+               ", or use --optimizer sgd (no optimizer state)"))
     return needed
 
 

@@ -5,7 +5,10 @@
     loss.png         loss against epoch
     vectors.txt      centre vectors in word2vec text format (gensim loads it)
     vocab.tsv        token<TAB>count, in index order (<unk> = 0)
-    checkpoint.npz   parameters, Adam state, figures so far and position (format 3, sha256)
+    checkpoint.npz   parameters, optimiser and its state, figures so far and position
+                     (format 3, sha256): adam and sparse_adam keep the step count and both
+                     tables' two moments, (V, E) each; sgd the step count (its schedule's
+                     position) and (0, E) moments
     report.json      the closing figures
     evaluation.json  WordSim353, SimLex-999 and analogy scores with coverage
 
@@ -61,6 +64,9 @@ class Checkpoint(NamedTuple):
     training: dict[str, Any]
     vocab_digest: str = ""
     format: int = CHECKPOINT_FORMAT
+    # The optimiser that wrote it; "" in checkpoints from before `--optimizer sgd`, which
+    # hold (V, E) moments (adam or sparse_adam).
+    optimizer: str = ""
 
     @property
     def epochs_done(self) -> int:
@@ -260,6 +266,7 @@ def save_checkpoint(run: Path, checkpoint: Checkpoint) -> None:
     """One .npz holding everything needed to resume exactly, checksummed, written atomically."""
     arrays = checkpoint.arrays()
     meta = json.dumps({"format": CHECKPOINT_FORMAT, "adam_step": int(checkpoint.adam_step),
+                       "optimizer": checkpoint.optimizer,
                        "shape": list(checkpoint.center.shape), "training": checkpoint.training,
                        "vocab_digest": checkpoint.vocab_digest}, sort_keys=True)
     buffer = io.BytesIO()
@@ -302,7 +309,8 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
     """Read and verify `run`'s checkpoint; every way it can be wrong is a one-line DataError.
 
     Integrity first (the zip, each member's header against its data, the format version, the
-    sha256), then meaning: six float32 tables of one (V, E) shape, an Adam step >= 0, and
+    sha256), then meaning: two float32 (V, E) tables and four moments of the same shape
+    ((0, E) for sgd, which keeps none), a known optimiser, a step >= 0, and
     training figures of the right types (`training.check_state`). `vocab_digest` and
     `shape`, when given, must match what the checkpoint was trained with.
     """
@@ -342,14 +350,22 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
         meta = json.loads(meta_text)  # checksummed: NaN from a diverging epoch is ours
     except (ValueError, RecursionError):
         meta = None
+    from common.config import OPTIMIZERS
+
     table_shape = arrays["center"].shape
+    optimizer = meta.get("optimizer", "") if isinstance(meta, dict) else ""
+    moment_shape = (0, *table_shape[1:]) if optimizer == "sgd" else table_shape
     problem = None
     if not isinstance(meta, dict):
         problem = "its metadata is not a JSON object"
-    elif any(array.dtype != np.float32 or array.shape != table_shape
-             for array in arrays.values()) or len(table_shape) != 2 or table_shape[0] < 2 \
-            or table_shape[1] < 1:
-        problem = ("its tables are not six float32 (V, E) arrays of one shape: "
+    elif optimizer != "" and optimizer not in OPTIMIZERS:
+        problem = f"its optimizer is {optimizer!r}, not one of {', '.join(OPTIMIZERS)}"
+    elif any(array.dtype != np.float32 or
+             array.shape != (table_shape if name in ("center", "context") else moment_shape)
+             for name, array in arrays.items()) or len(table_shape) != 2 \
+            or table_shape[0] < 2 or table_shape[1] < 1:
+        problem = ("its tables are not two float32 (V, E) arrays and four moments "
+                   f"{'(0, E)' if optimizer == 'sgd' else 'of the same shape'}: "
                    + ", ".join(f"{name} {array.dtype}{list(array.shape)}"
                                for name, array in arrays.items()))
     elif meta.get("format") != version or meta.get("shape") != list(table_shape):
@@ -366,7 +382,7 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
     checkpoint = Checkpoint(arrays["center"], arrays["context"], int(meta["adam_step"]),
                             (arrays["exp_avg_center"], arrays["exp_avg_context"]),
                             (arrays["exp_avg_sq_center"], arrays["exp_avg_sq_context"]),
-                            meta["training"], meta.get("vocab_digest", ""), version)
+                            meta["training"], meta.get("vocab_digest", ""), version, optimizer)
     if shape is not None and tuple(table_shape) != tuple(shape):
         raise DataError(f"{path} holds {table_shape[0]} words x {table_shape[1]} dimensions, "
                         f"but {run / CONFIG} and {run / VOCAB} say {shape[0]} x {shape[1]}: "

@@ -136,11 +136,11 @@ class _Session:
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
             f"vocabulary {len(self.vocab):,}, {self.data.num_examples(0):,} centre words per "
             f"epoch ({config.sampling} sampling)")
-        self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.lr,
+        self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.learning_rate,
                                           device=config.device, seed=config.seed,
                                           optimizer=config.optimizer, step=config.step)
         # Over all epochs as configured: `--resume --epochs N` stretches what is left of it.
-        self.backend.set_lr_schedule(config.lr_schedule,
+        self.backend.set_lr_schedule(config.schedule,
                                      config.epochs * self.data.num_batches(0))
         from common.heldout import HeldOut
 
@@ -162,7 +162,7 @@ class _Session:
             # The step that trained it, for the record: both keep the same state, so a resume
             # may continue with either.
             dict(result.state_dict(), valid_losses=self.valid_losses, step=self.config.step),
-            self.vocab.digest()))
+            self.vocab.digest(), optimizer=self.config.optimizer))
 
     def restore(self, checkpoint: runs.Checkpoint) -> TrainResult:
         from backends.base import AdamState, Params
@@ -292,7 +292,8 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
             session.backend.init_params(config.seed)
             session.replaces_folder = True  # config and vocab are written with the checkpoint
             log(f"training with {session.backend_class.name} {session.backend_class.version()} "
-                f"on {session.backend.device} ({config.step} step), writing {run}")
+                f"on {session.backend.device} ({config.step} step, {config.optimizer} at lr "
+                f"{config.learning_rate:g}, {config.schedule} schedule), writing {run}")
             result = session.fit(None, on_epoch_end)
             return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
     except BaseException:
@@ -352,6 +353,10 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
                                           shape=(len(saved_vocab), config.embed_size))
         done = checkpoint.position
+        if checkpoint.optimizer not in ("", config.optimizer):
+            raise DataError(f"{run / runs.CHECKPOINT} holds {checkpoint.optimizer} state, but "
+                            f"{run / runs.CONFIG} says --optimizer {config.optimizer}: it "
+                            f"belongs to another run; train again")
         if checkpoint.format < runs.CHECKPOINT_FORMAT:
             _check_old_stream(run, checkpoint, log)
         # All epochs trained but stopped before the vectors were exported: just finish.

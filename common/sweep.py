@@ -77,7 +77,12 @@ def expand(grid: dict[str, Sequence[Any]]) -> list[tuple[str, TrainConfig]]:
 def is_chapter_default(config: TrainConfig) -> bool:
     """Whether `config` trains with the chapter's hyperparameters (backend and seed aside)."""
     defaults = TrainConfig()
-    return all(getattr(config, field.name) == getattr(defaults, field.name)
+
+    def value(of: TrainConfig, name: str) -> Any:  # lr and schedule: what they resolve to
+        return {"lr": of.learning_rate, "lr_schedule": of.schedule}.get(name,
+                                                                      getattr(of, name, None))
+
+    return all(value(config, field.name) == value(defaults, field.name)
                for field in fields() if field.name not in _NOT_HYPERPARAMETERS)
 
 

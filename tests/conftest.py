@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import backends
-from backends.base import STEPS
+from backends.base import OPTIMIZERS, STEPS
 from helpers import RAN, SKIPPED, require_backend, required_backends
 
 
@@ -34,6 +34,12 @@ def framework_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=STEPS)
 def step(request: pytest.FixtureRequest) -> str:
     """Each training step: the chapter's (framework autodiff and Adam) and the tuned one."""
+    return request.param
+
+
+@pytest.fixture(params=OPTIMIZERS)
+def optimizer(request: pytest.FixtureRequest) -> str:
+    """Each optimiser: the chapter's dense Adam, SparseAdam's touched rows, word2vec's SGD."""
     return request.param
 
 

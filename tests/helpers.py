@@ -53,10 +53,12 @@ def require_backend(name: str) -> None:
 
 
 def make_batch(rng: np.random.Generator, batch_size: int = 12, *,
-               all_padding_row: bool = False) -> Batch:
+               all_padding_row: bool = False, first_id: int = 1) -> Batch:
     """Random chapter-style batch: n_ctx contexts then 5 noise words per context, then padding.
 
     A small vocabulary makes ids repeat within and across rows (the gradient must sum them).
+    Ids start at `first_id`, 1: 0 is the padding id (`<unk>`, which the pipeline never emits),
+    which the sparse optimisers never touch.
     """
     num_contexts = rng.integers(1, 4, size=batch_size)
     if all_padding_row:
@@ -66,9 +68,9 @@ def make_batch(rng: np.random.Generator, batch_size: int = 12, *,
     position = np.arange(slots)[None, :]
     masks = (position < lengths[:, None]).astype(np.float32)
     labels = (position < num_contexts[:, None]).astype(np.float32)
-    ids = rng.integers(0, VOCAB, size=(batch_size, slots)).astype(np.int32)
+    ids = rng.integers(first_id, VOCAB, size=(batch_size, slots)).astype(np.int32)
     ids[masks == 0] = 0
-    centers = rng.integers(0, VOCAB, size=(batch_size, 1)).astype(np.int32)
+    centers = rng.integers(first_id, VOCAB, size=(batch_size, 1)).astype(np.int32)
     return Batch(centers, ids, masks, labels)
 
 

@@ -303,10 +303,11 @@ def test_a_gpu_device_is_a_one_line_device_error(device):
     assert "\n" not in str(error.value)
 
 
-def test_sparse_adam_is_a_config_error():
+def test_an_unknown_optimizer_is_a_config_error():
     with pytest.raises(ConfigError) as error:
-        _backend(optimizer="sparse_adam")
-    assert str(error.value) == "the numpy backend offers only --optimizer adam"
+        _backend(optimizer="adagrad")
+    assert str(error.value) == ("the numpy backend's fast step offers --optimizer adam, "
+                                "sparse_adam, sgd, got 'adagrad'")
 
 
 def test_registry_loads_the_numpy_backend_and_arrays_round_trip():

@@ -12,17 +12,23 @@ import numpy as np
 import pytest
 
 import backends
-from backends.base import STEPS, Backend, init_params_numpy
-from common.errors import DeviceError
+from backends.base import STEPS, Backend, Params, init_params_numpy
+from common.batching import touched_rows
+from common.config import DEFAULT_LR
+from common.errors import ConfigError, DeviceError
 from helpers import EMBED, VOCAB, assert_params_close, make_batch
 
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def pair(name: str, step: str, seed: int = 0) -> tuple[Backend, Backend]:
-    """(backend with `step`, the NumPy oracle), both at init_params(seed)."""
-    return (backends.load(name)(VOCAB, EMBED, seed=seed, step=step),
-            backends.load("numpy")(VOCAB, EMBED, seed=seed, step="chapter"))
+def pair(name: str, step: str, seed: int = 0,
+         optimizer: str = "adam") -> tuple[Backend, Backend]:
+    """(backend with `step` and `optimizer`, the NumPy oracle with `optimizer`), both at
+    init_params(seed), at the optimiser's default rate."""
+    lr = DEFAULT_LR[optimizer]
+    return (backends.load(name)(VOCAB, EMBED, seed=seed, step=step, optimizer=optimizer, lr=lr),
+            backends.load("numpy")(VOCAB, EMBED, seed=seed, step="chapter", optimizer=optimizer,
+                                   lr=lr))
 
 
 # -- the chapter's numbers and shapes --------------------------------------------------------
@@ -90,8 +96,8 @@ def test_init_params_are_the_same_in_every_backend(framework_backend):
 
 
 # -- gradients and training ------------------------------------------------------------------
-def test_loss_and_grads_match_numpy(backend_name, step):
-    backend, reference = pair(backend_name, step, seed=2)
+def test_loss_and_grads_match_numpy(backend_name, step, optimizer):
+    backend, reference = pair(backend_name, step, seed=2, optimizer=optimizer)
     batch = make_batch(np.random.default_rng(2), all_padding_row=True)
     loss, grads = backend.loss_and_grads(batch)
     expected_loss, expected_grads = reference.loss_and_grads(batch)
@@ -103,20 +109,36 @@ def test_loss_and_grads_match_numpy(backend_name, step):
     assert untouched.size and not np.any(grads.context[untouched])
 
 
-def test_train_steps_match_numpy(backend_name, step):
-    backend, reference = pair(backend_name, step, seed=4)
+def test_train_steps_match_numpy(backend_name, step, optimizer):
+    backend, reference = pair(backend_name, step, seed=4, optimizer=optimizer)
     rng = np.random.default_rng(4)
     batches = [make_batch(rng), make_batch(rng, batch_size=7), make_batch(rng)]
-    losses = [backend.train_step(batch) for batch in batches]
+    losses, snapshots = [], [backend.get_params()]
+    for batch in batches:
+        losses.append(backend.train_step(batch))
+        snapshots.append(backend.get_params())
     expected = [reference.train_step(batch) for batch in batches]
     np.testing.assert_allclose(backend.losses_to_numpy(losses),
                                reference.losses_to_numpy(expected), rtol=RTOL)
     assert_params_close(backend.get_params(), reference.get_params(), rtol=RTOL, atol=ATOL)
-    assert backend.optimizer_state().step == 3
+    state, expected_state = backend.optimizer_state(), reference.optimizer_state()
+    assert state.step == 3
+    assert_params_close(state.exp_avg, expected_state.exp_avg, rtol=RTOL, atol=ATOL)
+    assert_params_close(state.exp_avg_sq, expected_state.exp_avg_sq, rtol=RTOL, atol=1e-9)
+    # A row the first batch moved and the second does not touch: dense Adam moves it again
+    # (its moments are not 0), the sparse optimisers leave it. Row 0, padding, never moves.
+    first, second = touched_rows(batches[0]), touched_rows(batches[1])
+    for table in range(2):
+        left_out = np.setdiff1d(first[table], second[table])
+        before, after = snapshots[1][table], snapshots[2][table]
+        assert left_out.size, table
+        moved = ~np.all(before[left_out] == after[left_out], axis=1)
+        assert moved.all() if optimizer == "adam" else not moved.any(), table
+        assert np.all(snapshots[0][table][0] == after[0]), table
 
 
-def test_optimizer_state_round_trip_resumes_exactly(backend_name, step):
-    backend, reference = pair(backend_name, step, seed=5)
+def test_optimizer_state_round_trip_resumes_exactly(backend_name, step, optimizer):
+    backend, reference = pair(backend_name, step, seed=5, optimizer=optimizer)
     rng = np.random.default_rng(5)
     first, second, third = make_batch(rng), make_batch(rng), make_batch(rng)
     reference.train_step(first)
@@ -142,24 +164,29 @@ def test_optimizer_state_round_trip_resumes_exactly(backend_name, step):
     assert_params_close(after.exp_avg_sq, expected_after.exp_avg_sq, rtol=RTOL, atol=1e-9)
 
 
-def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(backend_name, step):
-    """`--lr-schedule linear`: every backend gives step t the same rate, also after a resume
-    (the host's step count comes back with the optimiser state), in grouped calls too. The
-    resumed half runs the other step: both keep the same state, so a resume may switch."""
-    backend, reference = pair(backend_name, step, seed=7)
-    constant = backends.load("numpy")(VOCAB, EMBED, seed=7)
+def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(backend_name, step,
+                                                                       optimizer):
+    """`--lr-schedule linear` (`decay`, word2vec's, for sgd): every backend gives step t the
+    same rate, also after a resume (the host's step count comes back with the optimiser
+    state), in grouped calls too. The resumed half runs the other step: both keep the same
+    state, so a resume may switch."""
+    backend, reference = pair(backend_name, step, seed=7, optimizer=optimizer)
+    lr = DEFAULT_LR[optimizer]
+    constant = backends.load("numpy")(VOCAB, EMBED, seed=7, optimizer=optimizer, lr=lr)
     rng = np.random.default_rng(7)
     batches = [make_batch(rng) for _ in range(5)]
+    schedule = "decay" if optimizer == "sgd" else "linear"
     for model in (backend, reference):
-        model.set_lr_schedule("linear", 5)
+        model.set_lr_schedule(schedule, 5)
     backend.train_steps(batches[:2])
     for batch in batches[:2]:
         reference.train_step(batch)
         constant.train_step(batch)
 
     other_step = next(other for other in STEPS if other != step)
-    resumed = backends.load(backend_name)(VOCAB, EMBED, seed=0, step=other_step)
-    resumed.set_lr_schedule("linear", 5)
+    resumed = backends.load(backend_name)(VOCAB, EMBED, seed=0, step=other_step,
+                                          optimizer=optimizer, lr=lr)
+    resumed.set_lr_schedule(schedule, 5)
     resumed.set_params(backend.get_params())
     resumed.load_optimizer_state(backend.optimizer_state())
     resumed.train_steps(batches[2:])
@@ -171,6 +198,14 @@ def test_a_linear_learning_rate_schedule_matches_numpy_across_a_reload(backend_n
     # The schedule changed the result: rates 1, 4/5, ..., 1/5 of lr, not lr throughout.
     assert not np.allclose(reference.get_params().center, constant.get_params().center,
                            rtol=1e-3, atol=0)
+
+
+def test_an_unknown_optimizer_is_one_line_naming_what_works(backend_name, step):
+    with pytest.raises(ConfigError) as error:
+        backends.load(backend_name)(VOCAB, EMBED, step=step, optimizer="adagrad")
+    message = str(error.value)
+    assert "\n" not in message and "adagrad" in message
+    assert "adam, sparse_adam, sgd" in message and step in message
 
 
 # -- use -------------------------------------------------------------------------------------

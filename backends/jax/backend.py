@@ -7,6 +7,13 @@ whole objective; "fast", `fast.value_and_table_grads`, the same numbers computed
 chunk. `fixed_shapes` makes the data pipeline pad every batch to one shape, so the step
 compiles once per run. The parameter and optimiser buffers are donated to the step, so XLA
 updates them in place instead of allocating fresh tables and moments every step.
+
+Optimisers (`optimizer=`): "adam", Optax's, over the whole gradient (the chapter's dense
+Adam; the chapter step keeps `value_and_grad` of the whole objective). "sparse_adam" and
+"sgd" (`optim.py`): Optax has no lazy update, so in both steps the host renumbers the batch
+to the rows it looks up, the compiled step gathers those rows, takes the step's gradient with
+respect to them (`value_and_grad` of the module's objective over the gathered rows, or the
+fast step's chunks) and scatters the update back: a step costs what the batch touches.
 """
 from __future__ import annotations
 
@@ -19,11 +26,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from backends.base import ADAM_BETAS, ADAM_EPS, PADDED, AdamState, Backend, Params, Work
-from backends.jax import fast, model
+from backends.base import ADAM_BETAS, ADAM_EPS, PADDED, AdamState, Backend, Params, Work, moment_rows
+from backends.jax import fast, model, optim
 from backends.jax.fast import Tables
-from common.batching import Batch
-from common.errors import ConfigError
+from common.batching import Batch, stack_local
 
 TABLES = ("center", "context")  # SkipGramModel's two nnx.Embed, in `Params` order
 
@@ -88,6 +94,27 @@ def make_train_step(gradients: Gradients, optimizer: optax.GradientTransformatio
     return train_step
 
 
+def make_row_step(gradients: Gradients, kind: str) -> Callable:
+    """A compiled sparse step: gather the local batch's `rows` (n,) of both tables, the
+    gradient with respect to them, `optim.update_rows` on each table; params and state
+    donated, as in `make_train_step`."""
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def row_step(params: Tables, state: optim.RowState, batch: Batch, rows: jax.Array,
+                 touched: jax.Array, lr: jax.Array) -> tuple[Tables, optim.RowState, jax.Array]:
+        local = tables(*(params[name]["embedding"][rows] for name in TABLES))
+        loss, grads = gradients(local, batch)
+        count = state.count + 1
+        new = [optim.update_rows(kind, params[name]["embedding"], state.exp_avg[index],
+                                 state.exp_avg_sq[index], rows, grads[name]["embedding"],
+                                 touched[index], count, lr)
+               for index, name in enumerate(TABLES)]
+        return (tables(*(table for table, _, _ in new)),
+                optim.RowState(count, tuple(m for _, m, _ in new), tuple(v for _, _, v in new)),
+                loss)
+
+    return row_step
+
+
 class JaxBackend(Backend):
     """JAX on CPU or GPU (`--device cpu`, `gpu`, `gpu:N`), one compiled step per run."""
 
@@ -102,8 +129,7 @@ class JaxBackend(Backend):
                          optimizer=optimizer, step=step)
         kind, index = self.check_device(device)
         self.jax_device: jax.Device = jax.devices(kind)[index]
-        if optimizer != "adam":
-            raise ConfigError(f"the jax backend offers only --optimizer adam, got {optimizer!r}")
+        self.sparse = optimizer != "adam"
         with jax.default_device(self.jax_device):
             module = model.SkipGramModel(vocab_size, embed_size, rngs=nnx.Rngs(seed))
         # The module is kept as (static graph, parameter pytree): the pytree is what the
@@ -112,13 +138,16 @@ class JaxBackend(Backend):
         self._graphdef = graphdef
         self._params: Tables = nnx.to_pure_dict(state)
         self._optimizer = adam()
-        self._opt_state = self._optimizer.init(self._params)
+        # One optimiser state: Optax's for adam, the rows' for the sparse ones (set_params).
+        self._opt_state: Any = None
+        self._row_state: optim.RowState | None = None
         if step == "chapter":
             gradients = functools.partial(value_and_grads, graphdef)
         else:  # chunking pays where the cache is the bottleneck; a GPU wants one large kernel
             gradients = functools.partial(fast.value_and_table_grads, graphdef,
                                           chunked=self.jax_device.platform == "cpu")
         self._train_step = make_train_step(gradients, self._optimizer)
+        self._row_step = make_row_step(gradients, optimizer)
         self._loss_and_grads = jax.jit(gradients)
         # Not donated: evaluation must leave the parameters usable.
         self._eval_loss = jax.jit(functools.partial(objective, graphdef))
@@ -126,6 +155,9 @@ class JaxBackend(Backend):
 
     # -- disclosure -------------------------------------------------------------------------
     def work(self) -> Work:
+        if self.sparse:
+            return Work(PADDED, "none", 1, f"jax.jit (XLA), value_and_grad of the gathered "
+                        f"rows, {self.optimizer} scattered back")
         if self.step == "chapter":
             return Work(PADDED, "none", 1, "jax.jit (XLA), value_and_grad, optax.adam")
         return Work(PADDED, "none", 1, "jax.jit (XLA), value_and_grad by chunks, optax.adam")
@@ -185,12 +217,35 @@ class JaxBackend(Backend):
     def set_params(self, params: Params) -> None:
         self._check_params(params)
         self._params = self._to_device(params)
-        self._opt_state = self._optimizer.init(self._params)
+        self._opt_state = None if self.sparse else self._optimizer.init(self._params)
+        self._row_state = self._new_row_state() if self.sparse else None
         self.adam_steps = 0
+
+    def _new_row_state(self, step: int = 0, exp_avg: Params | None = None,
+                       exp_avg_sq: Params | None = None) -> optim.RowState:
+        """The sparse optimisers' state on the device (zero moments unless given)."""
+        shape = (moment_rows(self.optimizer, self.vocab_size), self.embed_size)
+        zeros = Params(*(np.zeros(shape, np.float32) for _ in TABLES))
+
+        def put(values: Params | None) -> tuple[jax.Array, jax.Array]:
+            return tuple(jax.device_put(np.array(table, np.float32), self.jax_device)
+                         for table in (values if values is not None else zeros))
+
+        return optim.RowState(jax.device_put(np.int32(step), self.jax_device), put(exp_avg),
+                              put(exp_avg_sq))
 
     # -- training ---------------------------------------------------------------------------
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
+        if self.sparse:
+            (local,), rows, _ = stack_local([batch])
+            local_params = tables(*(params[rows[0]] for params in self.get_params()))
+            loss, grads = self._loss_and_grads(local_params, self._host_batch(local))
+            dense = np.zeros((2, self.vocab_size, self.embed_size), np.float32)
+            for table, grad in zip(dense, self._to_host(grads)):
+                np.add.at(table, rows[0], grad)  # repeated 0s add padding's 0s
+                table[0] = 0  # the padding row: no gradient reaches it
+            return float(loss), Params(*dense)
         loss, grads = self._loss_and_grads(self._params, self._host_batch(batch))
         return float(loss), self._to_host(grads)
 
@@ -198,18 +253,33 @@ class JaxBackend(Backend):
         return self._eval_loss(self._params, self._host_batch(batch))
 
     def train_step(self, batch: Batch) -> jax.Array:
+        if self.sparse:
+            (local,), rows, touched = stack_local([batch])
+            self._params, self._row_state, loss = self._row_step(
+                self._params, self._row_state, self._host_batch(local), rows[0], touched[0],
+                np.float32(self.next_lr()))
+            return loss
         # A float32 scalar: traced like the batch, so a new rate each step reuses the program.
         self._params, self._opt_state, loss = self._train_step(
             self._params, self._opt_state, self._host_batch(batch), np.float32(self.next_lr()))
         return loss  # no float(): the driver syncs only when it reports
 
     def optimizer_state(self) -> AdamState:
+        if self.sparse:
+            state = self._row_state
+            return AdamState(int(state.count), Params(*map(np.array, state.exp_avg)),
+                             Params(*map(np.array, state.exp_avg_sq)))
         moments = adam_moments(self._opt_state)
         return AdamState(int(moments.count), self._to_host(moments.mu),
                          self._to_host(moments.nu))
 
     def load_optimizer_state(self, state: AdamState) -> None:
         self._check_adam_state(state)
+        if self.sparse:
+            self._row_state = self._new_row_state(int(state.step), state.exp_avg,
+                                                  state.exp_avg_sq)
+            self.adam_steps = int(state.step)
+            return
         # Both counts: Adam's (its bias correction) and inject_hyperparams' (unused here), as
         # two buffers, since the step donates each.
         def count() -> jax.Array:
@@ -223,7 +293,7 @@ class JaxBackend(Backend):
         self.adam_steps = int(state.step)
 
     def synchronize(self) -> None:
-        jax.block_until_ready((self._params, self._opt_state))
+        jax.block_until_ready((self._params, self._opt_state, self._row_state))
 
     @classmethod
     def devices(cls) -> list[str]:

@@ -8,6 +8,11 @@ it trains what the PyTorch tab (and every other backend here) trains: Xavier-uni
 `step(batch_size)` on the mean, and MXNet's Adam given torch's eps placement
 (`model.torch_epsilon`). `--step fast` (`fast.py`): the same numbers from a written-out
 gradient over the batch's real pairs, native operators and torch's Adam called directly.
+
+`--optimizer sparse_adam` and `sgd` (`optim.py`): MXNet's own Adam and SGD with
+`lazy_update=True` on row-sparse gradients of the touched rows; the chapter step takes them
+from its autograd graph (`ChapterLazyStep`), the fast step from a local batch of the rows it
+looks up (`FastLazyStep`), so its cost follows the batch, not V.
 """
 from __future__ import annotations
 
@@ -18,9 +23,8 @@ import mxnet as mx
 import numpy as np
 
 from backends.base import PADDED, PAIRS, AdamState, Backend, Params, Work
-from backends.mxnet import fast, kernels, model
-from common.batching import Batch
-from common.errors import ConfigError
+from backends.mxnet import fast, kernels, model, optim
+from common.batching import Batch, local_rows, localize, touched_rows
 
 BATCH_DTYPES = (np.int32, np.int32, np.float32, np.float32)
 
@@ -107,6 +111,99 @@ class ChapterStep:
         self.step_count = int(state.step)
 
 
+def _take(array: Any, positions: np.ndarray, context: mx.Context) -> mx.nd.NDArray:
+    """Rows `positions` of a device array, as a legacy NDArray (what sparse arrays take)."""
+    return array.as_nd_ndarray().take(mx.nd.array(positions, ctx=context, dtype=np.int64))
+
+
+class ChapterLazyStep(ChapterStep):
+    """The chapter's graph and `backward()`, then MXNet's lazy optimiser (`optim.py`) on the
+    touched rows of the gradient, as a row-sparse array."""
+
+    def __init__(self, net: model.SkipGramModel, lr: float, context: mx.Context,
+                 kind: str) -> None:
+        self.kind = kind
+        super().__init__(net, lr, context)
+
+    def reset(self) -> None:
+        self.lazy = optim.LazyOptimizer(self.kind, self.lr, self.net.center.weight.shape,
+                                        self.context)
+
+    def train_step(self, batch: Batch, lr: float) -> mx.np.ndarray:
+        with mx.autograd.record():
+            losses = self.objective(*self.batch_arrays(batch))
+        losses.backward()
+        rows = touched_rows(batch)
+        grads = tuple(_take(parameter.grad(), table_rows, self.context)
+                      for parameter, table_rows in zip(
+                          (self.net.center.weight, self.net.context.weight), rows))
+        self.lazy.step(self.net.tables, rows, grads, lr)
+        return losses.sum()
+
+    def state(self) -> AdamState:
+        return self.lazy.state()
+
+    def load_state(self, state: AdamState) -> None:
+        self.lazy.load_state(state)
+
+
+class FastLazyStep:
+    """The fast step for the lazy optimisers: `fast.FastStep`'s gradient over a local batch
+    (the rows it looks up, padded to a power-of-two count: one cached graph per count), then
+    MXNet's lazy optimiser on the touched rows."""
+
+    def __init__(self, vocab_size: int, embed_size: int, lr: float, context: mx.Context,
+                 kind: str) -> None:
+        self.embed_size, self.lr, self.context = embed_size, lr, context
+        self.lazy = optim.LazyOptimizer(kind, lr, (vocab_size, embed_size), context)
+        self.steps: dict[int, fast.FastStep] = {}
+
+    def reset(self) -> None:
+        self.lazy.reset()
+
+    def _local(self, tables: tuple[Any, Any], batch: Batch) -> tuple[Any, Any, fast.FastStep,
+                                                                   tuple[Any, Any]]:
+        """(the local batch, its row count n, the FastStep of that n, the gathered tables)."""
+        local = localize(batch)
+        count = local_rows(len(local.rows))
+        if count not in self.steps:
+            self.steps[count] = fast.FastStep(count, self.embed_size, self.lr, self.context)
+        rows = np.zeros(count, np.int64)
+        rows[:len(local.rows)] = local.rows
+        gathered = tuple(_take(table, rows, self.context).as_np_ndarray() for table in tables)
+        return local, rows, self.steps[count], gathered
+
+    def train_step(self, tables: tuple[Any, Any], batch: Batch, lr: float) -> mx.np.ndarray:
+        local, _, step, gathered = self._local(tables, batch)
+        loss = step.gradients(gathered, local.batch)
+        picked = [np.flatnonzero(touched)
+                  for touched in (local.center_touched, local.context_touched)]
+        self.lazy.step(tables, tuple(local.rows[where] for where in picked),
+                       tuple(_take(grad, where, self.context)
+                             for grad, where in zip(step.grads, picked)), lr)
+        return loss
+
+    def loss_and_grads(self, tables: tuple[Any, Any], batch: Batch) -> tuple[Any, Params]:
+        """The loss and the dense host gradients the step would apply (for parity tests)."""
+        local, rows, step, gathered = self._local(tables, batch)
+        loss = step.gradients(gathered, local.batch)
+        dense = np.zeros((2, *self.lazy.shape), np.float32)
+        for table, grad in zip(dense, step.grads):
+            np.add.at(table, rows, grad.asnumpy())  # repeated 0s add padding's 0s
+            table[0] = 0  # the padding row: no gradient reaches it
+        return loss, Params(*dense)
+
+    def eval_loss(self, tables: tuple[Any, Any], batch: Batch) -> Any:
+        local, _, step, gathered = self._local(tables, batch)
+        return step.eval_loss(gathered, local.batch)
+
+    def state(self) -> AdamState:
+        return self.lazy.state()
+
+    def load_state(self, state: AdamState) -> None:
+        self.lazy.load_state(state)
+
+
 class MXNetBackend(Backend):
     """MXNet 1.9 Gluon on CPU or CUDA: `--device cpu`, `gpu`, `gpu:N`."""
 
@@ -122,21 +219,27 @@ class MXNetBackend(Backend):
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
         self.context = mxnet_context(device)
-        if optimizer != "adam":
-            raise ConfigError(f"the mxnet backend offers only --optimizer adam, got {optimizer!r}")
         self.net = model.SkipGramModel(vocab_size, embed_size)
         self.net.initialize(ctx=self.context)  # Xavier, then overwritten by init_params
+        self.trainer: ChapterStep | fast.FastStep | FastLazyStep
         if step == "chapter":
-            self.trainer: ChapterStep | fast.FastStep = ChapterStep(self.net, lr, self.context)
+            self.trainer = ChapterStep(self.net, lr, self.context) if optimizer == "adam" else \
+                ChapterLazyStep(self.net, lr, self.context, optimizer)
         else:
             kernels.kernel_mode()  # a bad W2V_MXNET_KERNEL fails here, not at the first step
-            self.trainer = fast.FastStep(vocab_size, embed_size, lr, self.context)
+            self.trainer = fast.FastStep(vocab_size, embed_size, lr, self.context) \
+                if optimizer == "adam" else \
+                FastLazyStep(vocab_size, embed_size, lr, self.context, optimizer)
         self.init_params(seed)
 
     # -- disclosure -------------------------------------------------------------------------
     def work(self) -> Work:
         if self.step == "chapter":
-            return Work(PADDED, "none", 1, "hybridized Gluon graph, autograd, gluon.Trainer adam")
+            how = "adam" if self.optimizer == "adam" else f"{self.optimizer}, lazy_update"
+            return Work(PADDED, "none", 1, f"hybridized Gluon graph, autograd, gluon.Trainer {how}")
+        if self.optimizer != "adam":
+            return Work(PAIRS, "none", 1, f"hybridized loss graph on the touched rows, "
+                        f"{self.optimizer} lazy update")
         native = [what for what, operator in (
             ("Adam", self.trainer.optimizer.native_adam(self.context)),
             ("gradients", self.trainer.native_gradients)) if operator is not None]
@@ -194,6 +297,9 @@ class MXNetBackend(Backend):
     # -- training ---------------------------------------------------------------------------
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
+        if isinstance(self.trainer, FastLazyStep):
+            loss, params = self.trainer.loss_and_grads(self.net.tables, batch)
+            return float(loss.asnumpy()), params
         if self.step == "chapter":
             loss, grads = self.trainer.loss_and_grads(batch)
         else:

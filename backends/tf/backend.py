@@ -11,10 +11,10 @@ Optimisers (`optimizer=`):
 - "adam" (default): the chapter's dense Adam with torch's semantics. The lookups'
   `tf.IndexedSlices` gradients are summed into dense (V, E) tensors, so every row's moments
   decay at every step, as in the chapter.
-- "sparse_adam" (fast step only; Keras has no SparseAdam): torch's SparseAdam
-  (`fast.LazyAdam`): only the rows a batch looks up move. A different optimiser (its losses
-  differ from the chapter's), offered so that the flag means the same everywhere. Its state
-  has the same meaning, so it checkpoints through `AdamState`.
+- "sparse_adam" (torch's SparseAdam) and "sgd" (word2vec's), `optim.RowOptimizer`: only the
+  touched rows move. The chapter step keeps the tape's `tf.IndexedSlices` and updates the
+  rows they name (a graph without XLA: `tf.unique` has a data-dependent shape); the fast
+  step runs on a local batch of the rows it looks up (see `fast.py`).
 """
 from __future__ import annotations
 
@@ -26,11 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from backends.base import PADDED, AdamState, Backend, Params, Work
-from backends.tf import fast, model, quiet_native_logs
-from common.batching import Batch
-from common.errors import ConfigError
-
-OPTIMIZERS = {"chapter": ("adam",), "fast": ("adam", "sparse_adam")}
+from backends.tf import fast, model, optim, quiet_native_logs
+from common.batching import Batch, stack_local
 
 # Batch tensors as the compiled functions take them: ids int32 (what XLA's gather wants on
 # every device), masks and labels float32. None dimensions: one trace serves any (B, L).
@@ -49,7 +46,20 @@ SIGNATURES = {
                 for spec in BATCH_SIGNATURE),
               tf.TensorSpec([], tf.int32, name="count"),
               tf.TensorSpec([None], tf.float32, name="lrs")),
+    # The sparse optimisers' fast step: a local batch (ids index `rows`), its rows (n,) and
+    # which of them each table's update touches (2, n); stacked (G, ...) for the group.
+    "local_batch": (*BATCH_SIGNATURE, tf.TensorSpec([None], tf.int32, name="rows")),
+    "local_step": (*BATCH_SIGNATURE, tf.TensorSpec([None], tf.int32, name="rows"),
+                   tf.TensorSpec([2, None], tf.float32, name="touched"),
+                   tf.TensorSpec([], tf.float32, name="lr")),
+    "local_steps": (*(tf.TensorSpec([None, *spec.shape], spec.dtype, name=spec.name)
+                      for spec in BATCH_SIGNATURE),
+                    tf.TensorSpec([None, None], tf.int32, name="rows"),
+                    tf.TensorSpec([None, 2, None], tf.float32, name="touched"),
+                    tf.TensorSpec([], tf.int32, name="count"),
+                    tf.TensorSpec([None], tf.float32, name="lrs")),
 }
+
 
 
 class ChapterStep:
@@ -90,6 +100,44 @@ class ChapterStep:
             moment.assign(tf.zeros_like(moment))
 
 
+class ChapterSparseStep:
+    """The chapter's step with `--optimizer sparse_adam` or `sgd`: one tape, whose lookups'
+    gradients stay `tf.IndexedSlices`, and `optim.RowOptimizer` on the rows they name."""
+
+    def __init__(self, net: model.SkipGramModel, optimizer: str, traces: Counter[str]) -> None:
+        self.net, self.traces = net, traces
+        self.optimizer = optim.RowOptimizer(optimizer, net.tables)
+        self.train_step = tf.function(self._train_step, input_signature=SIGNATURES["step"])
+        self.loss_and_grads = tf.function(self._loss_and_grads,
+                                          input_signature=SIGNATURES["batch"], jit_compile=True)
+
+    def _train_step(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
+                    labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        self.traces["train_step"] += 1
+        with tf.GradientTape() as tape:
+            loss = self.net.objective(centers, contexts_negatives, masks, labels)
+        slices = tape.gradient(loss, self.net.trainable_variables)
+        self.optimizer.apply_slices(slices, self.net.tables, lr)
+        return loss
+
+    def _loss_and_grads(self, centers: tf.Tensor, contexts_negatives: tf.Tensor,
+                        masks: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list]:
+        self.traces["loss_and_grads"] += 1
+        return model.objective_and_gradients(self.net, centers, contexts_negatives, masks,
+                                             labels)
+
+    @property
+    def step_count(self) -> tf.Variable:
+        return self.optimizer.step
+
+    @property
+    def moments(self) -> tuple[tuple[tf.Variable, ...], tuple[tf.Variable, ...]]:
+        return self.optimizer.exp_avg, self.optimizer.exp_avg_sq
+
+    def reset(self) -> None:
+        self.optimizer.reset()
+
+
 @functools.cache
 def _gpu_count() -> int:
     """GPUs TensorFlow sees; the first query initialises CUDA, which may log (held back)."""
@@ -113,23 +161,20 @@ class TFBackend(Backend):
                          optimizer=optimizer, step=step)
         kind, index = self.check_device(device)
         self.tf_device = "/CPU:0" if kind == "cpu" else f"/GPU:{index}"
-        offered = OPTIMIZERS[step]
-        if optimizer not in offered:
-            raise ConfigError(f"the tf backend's {step} step offers --optimizer "
-                              f"{' or '.join(offered)}, got {optimizer!r}")
         # Python side effects run only while tracing: this counts traces per function.
         self.traces: Counter[str] = Counter()
         with tf.device(self.tf_device):
             self.model = model.SkipGramModel(vocab_size, embed_size)
             if step == "chapter":
                 self.steps_per_call = 1
-                self.trainer: ChapterStep | fast.FastStep = ChapterStep(self.model, lr,
-                                                                        self.traces)
+                self.trainer: ChapterStep | ChapterSparseStep | fast.FastStep = \
+                    ChapterStep(self.model, lr, self.traces) if optimizer == "adam" else \
+                    ChapterSparseStep(self.model, optimizer, self.traces)
             else:
                 # Examples per autodiff block: cache-sized on a CPU, the whole batch on a GPU.
                 block_rows = fast.CPU_BLOCK_ROWS if kind == "cpu" else None
                 self.trainer = fast.FastStep(self.model, SIGNATURES,
-                                             sparse=optimizer == "sparse_adam",
+                                             optimizer=optimizer,
                                              block_rows=block_rows, traces=self.traces)
         self._eval_loss = tf.function(self._eval_loss_graph, input_signature=BATCH_SIGNATURE,
                                       jit_compile=True)
@@ -137,6 +182,11 @@ class TFBackend(Backend):
 
     # -- disclosure -------------------------------------------------------------------------
     def work(self) -> Work:
+        if self.optimizer != "adam":
+            how = "IndexedSlices" if self.step == "chapter" else "local rows"
+            return Work(PADDED, "none", 1 if self.step == "chapter" else self.steps_per_call,
+                        f"tf.function (XLA), GradientTape, {how}, {self.optimizer} on the "
+                        "touched rows")
         if self.step == "chapter":
             return Work(PADDED, "none", 1, "tf.function (XLA), GradientTape, Keras Adam")
         return Work(PADDED, "none", self.steps_per_call,
@@ -173,6 +223,11 @@ class TFBackend(Backend):
         with tf.device(self.tf_device):
             return tuple(tf.convert_to_tensor(np.asarray(array, dtype=dtype))
                          for array, dtype in zip(batch, BATCH_DTYPES))
+
+    @property
+    def _local(self) -> bool:
+        """The fast step with a sparse optimiser: batches go in as local batches."""
+        return self.step == "fast" and self.optimizer != "adam"
 
     def _stacked_tensors(self, batches: Sequence[Batch]) -> tuple[tf.Tensor, ...]:
         """Up to G = `steps_per_call` batches -> (G, B, 1), (G, B, L) ... on the device.
@@ -222,6 +277,16 @@ class TFBackend(Backend):
         return self.model.objective(centers, contexts_negatives, masks, labels)
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
+        if self._local:
+            (local,), rows, _ = stack_local([batch])
+            with tf.device(self.tf_device):
+                loss, gradients = self.trainer.loss_and_grads(*self._batch_tensors(local),
+                                                              tf.constant(rows[0]))
+            dense = np.zeros((2, self.vocab_size, self.embed_size), np.float32)
+            for table, gradient in zip(dense, gradients):
+                np.add.at(table, rows[0], gradient.numpy())  # repeated 0s add padding's 0s
+                table[0] = 0  # the padding row: no gradient reaches it
+            return float(loss), Params(*dense)
         with tf.device(self.tf_device):
             loss, gradients = self.trainer.loss_and_grads(*self._batch_tensors(batch))
         return float(loss), Params(*(g.numpy() for g in gradients))
@@ -232,6 +297,12 @@ class TFBackend(Backend):
             return self._eval_loss(*self._batch_tensors(batch))
 
     def train_step(self, batch: Batch) -> tf.Tensor:
+        if self._local:
+            (local,), rows, touched = stack_local([batch])
+            with tf.device(self.tf_device):
+                lr = tf.constant(self.next_lr(), tf.float32)
+                return self.trainer.train_step(*self._batch_tensors(local),
+                                               tf.constant(rows[0]), tf.constant(touched[0]), lr)
         with tf.device(self.tf_device):
             lr = tf.constant(self.next_lr(), tf.float32)
             return self.trainer.train_step(*self._batch_tensors(batch), lr)  # no sync
@@ -246,8 +317,14 @@ class TFBackend(Backend):
             group = batches[start:start + self.steps_per_call]
             lrs = np.zeros(self.steps_per_call, np.float32)
             lrs[:len(group)] = [self.next_lr() for _ in group]
+            local: tuple[tf.Tensor, ...] = ()
+            if self._local:
+                group, rows, touched = stack_local(group)
+                missing = self.steps_per_call - len(group)  # slots past the group: never run
+                local = (tf.constant(np.pad(rows, [(0, missing), (0, 0)])),
+                         tf.constant(np.pad(touched, [(0, missing), (0, 0), (0, 0)])))
             with tf.device(self.tf_device):
-                group_losses = self.trainer.train_steps(*self._stacked_tensors(group),
+                group_losses = self.trainer.train_steps(*self._stacked_tensors(group), *local,
                                                         tf.constant(len(group), tf.int32),
                                                         tf.constant(lrs))
                 losses.extend(tf.unstack(group_losses)[:len(group)])

@@ -5,8 +5,11 @@ Three changes, each giving the same numbers (benchmarks/README.md has the measur
   a whole batch's (B, L, E) context rows stream through memory three times per step;
 - several steps per compiled call (`FastStep.train_steps`, a `tf.range` loop in the program):
   one dispatch per group instead of one per step;
-- torch's Adam written out (`Adam`) in the same XLA program, and torch's SparseAdam
-  (`LazyAdam`) for `--optimizer sparse_adam`, which Keras does not have.
+- torch's Adam written out (`Adam`) in the same XLA program.
+`--optimizer sparse_adam` and `sgd` (`optim.RowOptimizer`) run on a local batch instead: the
+host renumbers each batch to the rows it looks up (`common.batching.localize`), the program
+gathers those rows, differentiates with respect to them and scatters the update back, so a
+step costs what the batch touches, not V.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from collections import Counter
 import tensorflow as tf
 
 from backends.base import ADAM_BETAS, ADAM_EPS
-from backends.tf.model import SkipGramModel
+from backends.tf.model import SkipGramModel, per_example_objective, skip_gram
+from backends.tf.optim import RowOptimizer
 
 # Examples per autodiff block on a CPU: 32 examples' context vectors (32 * 60 * 100 floats,
 # 750 KB) fit a core's L2 cache, where the whole batch's (512, 12 MB) does not.
@@ -35,10 +39,12 @@ def add_gradient(total: tf.Tensor, gradient: tf.IndexedSlices | tf.Tensor) -> tf
     return total + gradient
 
 
-def objective_and_gradients(net: SkipGramModel, centers: tf.Tensor, contexts_negatives: tf.Tensor,
-                            masks: tf.Tensor, labels: tf.Tensor, block_rows: int | None
+def objective_and_gradients(tables: tuple[tf.Variable | tf.Tensor, ...], centers: tf.Tensor,
+                            contexts_negatives: tf.Tensor, masks: tf.Tensor, labels: tf.Tensor,
+                            block_rows: int | None
                             ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
-    """The summed objective (0-d) and its dense (V, E) gradients for both tables.
+    """The summed objective (0-d) and its dense (V, E) gradients for both `tables` (the
+    model's variables, or a local batch's gathered rows).
 
     (B, 1), (B, L) ids, (B, L) masks and labels. With `block_rows`, autodiff runs over blocks
     of that many examples in a `tf.range` loop and the blocks' gradients are added up. The
@@ -49,7 +55,6 @@ def objective_and_gradients(net: SkipGramModel, centers: tf.Tensor, contexts_neg
     kernels): there `block_rows` is None, one block.
     """
     tensors = (centers, contexts_negatives, masks, labels)
-    tables = net.tables
     if block_rows is None:
         blocks, num_blocks = [t[None] for t in tensors], 1
     else:
@@ -63,7 +68,11 @@ def objective_and_gradients(net: SkipGramModel, centers: tf.Tensor, contexts_neg
     gradients = tuple(tf.zeros_like(table) for table in tables)
     for block in tf.range(num_blocks):  # AutoGraph: a tf.while_loop, XLA keeps it a loop
         with tf.GradientTape() as tape:
-            block_loss = net.objective(*(b[block] for b in blocks))
+            tape.watch(tables)  # gathered rows are tensors, not variables
+            block_centers, block_contexts, block_masks, block_labels = (b[block] for b in blocks)
+            logits = tf.reshape(skip_gram(block_centers, block_contexts, *tables),
+                                tf.shape(block_labels))
+            block_loss = tf.reduce_sum(per_example_objective(logits, block_labels, block_masks))
         block_gradients = tape.gradient(block_loss, tables)
         gradients = tuple(add_gradient(total, gradient)
                           for total, gradient in zip(gradients, block_gradients))
@@ -79,7 +88,7 @@ class Adam(tf.Module):
 
     The chapter step gets the same update from Keras' Adam (`model.torch_epsilon`); written
     out, it compiles into the grouped-steps program with the blocks' gradient, and
-    `LazyAdam` shares its state.
+    the chapter step's Keras Adam shares its state.
     """
 
     def __init__(self, tables: tuple[tf.Variable, ...]) -> None:
@@ -120,90 +129,70 @@ class Adam(tf.Module):
             table.assign_sub(step_size * exp_avg / denominator)
 
 
-class LazyAdam(Adam):
-    """torch.optim.SparseAdam: only the rows a batch looks up move; the others' moments wait.
-
-    A different optimiser from the chapter's: a row skipped by a step keeps its moments
-    instead of decaying them. Its update is SparseAdam's, with eps added to the uncorrected
-    sqrt(v) (step size lr sqrt(1 - beta2^t) / (1 - beta1^t)), so `--optimizer sparse_adam`
-    means the same in every backend. Padding slots look up row 0 (`<unk>`), so row 0 counts
-    as touched, as in torch.
-
-    XLA needs static shapes and the set of touched rows changes every batch, so the update is
-    a masked pass over all rows (`tf.where`), not a gather and scatter of the touched ones.
-    """
-
-    def apply_rows(self, gradients: tuple[tf.Tensor, ...], ids: tuple[tf.Tensor, ...],
-                   tables: tuple[tf.Variable, ...], lr: tf.Tensor) -> None:
-        """One step of rate `lr` on the rows named in `ids` (n,) of each table; `gradients`
-        dense (V, E)."""
-        beta1, beta2 = ADAM_BETAS
-        self.step.assign_add(1)
-        bias_correction1, bias_correction2_sqrt = self._bias_corrections()
-        step_size = lr * bias_correction2_sqrt / bias_correction1
-        for table, gradient, rows, exp_avg, exp_avg_sq in zip(tables, gradients, ids,
-                                                              self.exp_avg, self.exp_avg_sq):
-            looked_up = tf.scatter_nd(rows[:, None], tf.ones_like(rows), tf.shape(table)[:1])
-            touched = (looked_up > 0)[:, None]                                   # (V, 1)
-            new_exp_avg = exp_avg + (gradient - exp_avg) * (1 - beta1)
-            new_exp_avg_sq = exp_avg_sq + (gradient * gradient - exp_avg_sq) * (1 - beta2)
-            update = step_size * new_exp_avg / (tf.sqrt(new_exp_avg_sq) + ADAM_EPS)
-            exp_avg.assign(tf.where(touched, new_exp_avg, exp_avg))
-            exp_avg_sq.assign(tf.where(touched, new_exp_avg_sq, exp_avg_sq))
-            table.assign_sub(tf.where(touched, update, tf.zeros_like(update)))
-
-
 class FastStep:
     """The tuned step's compiled functions and optimiser state, over `net`'s two tables."""
 
-    def __init__(self, net: SkipGramModel, signatures: dict, *, sparse: bool,
+    def __init__(self, net: SkipGramModel, signatures: dict, *, optimizer: str,
                  block_rows: int | None, traces: Counter[str]) -> None:
-        self.net, self.sparse, self.block_rows, self.traces = net, sparse, block_rows, traces
-        self.adam = (LazyAdam if sparse else Adam)(net.tables)
+        self.net, self.block_rows, self.traces = net, block_rows, traces
+        # sparse: every input carries the local batch's rows (n,) and touched flags (2, n).
+        self.sparse = optimizer != "adam"
+        self.adam = RowOptimizer(optimizer, net.tables) if self.sparse else Adam(net.tables)
+        kind = "local_" if self.sparse else ""
         compiled = dict(jit_compile=True)
-        self.train_step = tf.function(self._train_step, input_signature=signatures["step"],
-                                      **compiled)
-        self.train_steps = tf.function(self._train_steps, input_signature=signatures["steps"],
-                                       **compiled)
+        self.train_step = tf.function(self._train_step,
+                                      input_signature=signatures[kind + "step"], **compiled)
+        self.train_steps = tf.function(self._train_steps,
+                                       input_signature=signatures[kind + "steps"], **compiled)
         self.loss_and_grads = tf.function(self._loss_and_grads,
-                                          input_signature=signatures["batch"], **compiled)
+                                          input_signature=signatures[kind + "batch"], **compiled)
 
     def _gradients(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
-                   labels: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
-        return objective_and_gradients(self.net, centers, contexts_negatives, masks, labels,
+                   labels: tf.Tensor, *local: tf.Tensor
+                   ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
+        """Over the tables, or (sparse) over their rows `local[0]`, gathered."""
+        tables = tuple(tf.gather(t, local[0]) for t in self.net.tables) if local else \
+            self.net.tables
+        return objective_and_gradients(tables, centers, contexts_negatives, masks, labels,
                                        self.block_rows)
 
     def _loss_and_grads(self, centers: tf.Tensor, contexts_negatives: tf.Tensor,
-                        masks: tf.Tensor,
-                        labels: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+                        masks: tf.Tensor, labels: tf.Tensor,
+                        *local: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         self.traces["loss_and_grads"] += 1  # Python side effects run only while tracing
-        return self._gradients(centers, contexts_negatives, masks, labels)
+        return self._gradients(centers, contexts_negatives, masks, labels, *local)
 
     def _train_step(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
-                    labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+                    labels: tf.Tensor, *rest: tf.Tensor) -> tf.Tensor:
         self.traces["train_step"] += 1
-        return self._step(centers, contexts_negatives, masks, labels, lr)
+        return self._step(centers, contexts_negatives, masks, labels, *rest)
 
     def _train_steps(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
-                     labels: tf.Tensor, count: tf.Tensor, lrs: tf.Tensor) -> tf.Tensor:
-        """Steps on the first `count` of G stacked batches, in order -> (G,) losses."""
+                     labels: tf.Tensor, *rest: tf.Tensor) -> tf.Tensor:
+        """Steps on the first `count` of G stacked batches, in order -> (G,) losses.
+
+        `rest`: (sparse: the rows (G, n) and touched flags (G, 2, n),) count, lrs (G,)."""
         self.traces["train_steps"] += 1
+        *local, count, lrs = rest
         # A loop in the program, not in Python: one dispatch for G steps. G is static once XLA
         # sees the shapes, `count` is not, so one compiled program serves every group.
         losses = tf.zeros(tf.shape(centers)[:1])
         for step in tf.range(count):
             loss = self._step(centers[step], contexts_negatives[step], masks[step], labels[step],
-                              lrs[step])
+                              *(t[step] for t in local), lrs[step])
             losses = tf.tensor_scatter_nd_update(losses, [[step]], [loss])
         return losses
 
     def _step(self, centers: tf.Tensor, contexts_negatives: tf.Tensor, masks: tf.Tensor,
-              labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-        """One optimiser step (in a graph); returns the summed objective."""
-        loss, gradients = self._gradients(centers, contexts_negatives, masks, labels)
+              labels: tf.Tensor, *rest: tf.Tensor) -> tf.Tensor:
+        """One optimiser step (in a graph); returns the summed objective.
+
+        `rest`: (sparse: the local batch's rows (n,) and touched flags (2, n),) the rate."""
+        *local, lr = rest
+        loss, gradients = self._gradients(centers, contexts_negatives, masks, labels,
+                                          *local[:1])
         if self.sparse:
-            rows = (tf.reshape(centers, [-1]), tf.reshape(contexts_negatives, [-1]))
-            self.adam.apply_rows(gradients, rows, self.net.tables, lr)
+            self.adam.apply_local(*local, gradients, self.net.tables, lr)
         else:
             self.adam.apply(gradients, self.net.tables, lr)
         return loss

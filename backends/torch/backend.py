@@ -6,16 +6,16 @@ Steps (`step=`), the same optimiser and state, so a run may switch between them:
 - "fast": the gradient written out (`backends/torch/fast.py`): on CPU over the batch's real
   (centre, context) pairs only, on a GPU over all slots with `index_add_`'s atomics.
 
-Optimisers (`optimizer=`):
+Optimisers (`optimizer=`, `backends/torch/optim.py`):
 - "adam" (default): the chapter's dense `torch.optim.Adam` (betas 0.9/0.999, eps 1e-8). Every
   row's moments decay at every step, touched or not. Both steps use its fused kernel (one
   pass over all parameters instead of a loop of small kernels per tensor).
-- "sparse_adam": `nn.Embedding(sparse=True)` + `torch.optim.SparseAdam`, through autograd.
-  A *different* optimiser: only the rows a batch touches are updated, and their moments do
-  not decay on the steps that skip them, so its losses do not match the chapter's. Its cost
-  grows with the rows touched rather than with V, but on PTB-sized tables on CPU it is
-  slower than the dense step (autograd's sparse gradients are coalesced every step). Its
-  state (step, exp_avg, exp_avg_sq) means the same, so it checkpoints through `AdamState`.
+- "sparse_adam" and "sgd": only the rows a batch touches move. The chapter step is torch's
+  idiomatic route: `nn.Embedding(sparse=True, padding_idx=0)`, autograd's sparse gradients,
+  `torch.optim.SparseAdam` / `torch.optim.SGD`. The fast step renumbers the batch to the rows
+  it looks up (`common.batching.localize`), computes the pair gradient on those rows alone
+  and applies the same update to them (`optim.sparse_adam_rows`, `optim.sgd_rows`) in the
+  stock optimiser's state: its cost follows the batch, not V.
 """
 from __future__ import annotations
 
@@ -24,12 +24,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from backends.base import ADAM_BETAS, ADAM_EPS, PADDED, PAIRS, AdamState, Backend, Params, Work
-from backends.torch import fast, model
-from common.batching import Batch
-from common.errors import ConfigError
-
-OPTIMIZERS = ("adam", "sparse_adam")
+from backends.base import PADDED, PAIRS, AdamState, Backend, Params, Work, empty_state
+from backends.torch import fast, model, optim
+from common.batching import Batch, localize
 
 
 def _host_copy(tensor: torch.Tensor) -> np.ndarray:
@@ -51,13 +48,8 @@ class TorchBackend(Backend):
                          optimizer=optimizer, step=step)
         kind, index = self.check_device(device)
         self.torch_device = torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"the torch backend offers --optimizer {' or '.join(OPTIMIZERS)}, "
-                              f"got {optimizer!r}")
-        self.sparse = optimizer == "sparse_adam"
-        # Autograd trains the chapter step, and the sparse optimiser (which needs autograd's
-        # sparse gradients) in either step.
-        self._autograd = step == "chapter" or self.sparse
+        self.sparse = optimizer != "adam"
+        self._autograd = step == "chapter"
         self.model = model.SkipGramModel(vocab_size, embed_size,
                                          sparse=self.sparse).to(self.torch_device)
         # CPU: the real pairs only, planned on the host; GPU: all slots, index_add_'s atomics.
@@ -74,20 +66,22 @@ class TorchBackend(Backend):
     def _new_optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimiser (no state) over both tables."""
         tables = list(self._tables)
-        if self.sparse:
-            return torch.optim.SparseAdam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-        if not self._autograd:
+        if not self._autograd and not self.sparse:
             for table in tables:
                 # No zero_grad: on a GPU `DenseGradients` overwrites these buffers every step
                 # (no (V, E) allocation per step); on CPU `PairGradients`' fresh ones replace
                 # them.
                 table.grad = torch.zeros_like(table)
-        return torch.optim.Adam(tables, lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
+        return optim.make_optimizer(self.optimizer, tables, self.lr, fused=True)
 
     # -- disclosure -------------------------------------------------------------------------
     def work(self) -> Work:
+        stock = {"adam": "torch.optim.Adam", "sparse_adam": "torch.optim.SparseAdam",
+                 "sgd": "torch.optim.SGD"}[self.optimizer]
         if self._autograd:
-            return Work(PADDED, "none", 1, "eager, autograd, torch.optim.Adam")
+            return Work(PADDED, "none", 1, f"eager, autograd, {stock}")
+        if self.sparse:
+            return Work(PADDED, "none", 1, f"eager, autograd, {stock} on the touched rows")
         return Work(PAIRS if self._on_cpu else PADDED, "none", 1,
                     "eager, gradient written out, fused torch.optim.Adam")
 
@@ -168,8 +162,31 @@ class TorchBackend(Backend):
         """The chapter's forward, for autograd (the chapter step and the sparse-Adam path)."""
         return self.model.objective(*self._batch_tensors(batch))
 
+    def _local_gradients(self, batch: Batch) -> tuple[torch.Tensor, Any, torch.Tensor,
+                                                         list[torch.Tensor]]:
+        """The pair gradient over the rows the batch looks up (the fast sparse step):
+        (loss, LocalBatch, rows (n,), [centre, context] gradients (n, E))."""
+        local = localize(batch)
+        rows = torch.from_numpy(local.rows).to(self.torch_device)
+        center, context = (table.detach().index_select(0, rows) for table in self._tables)
+        if self._on_cpu:
+            plan = fast.pair_plan(local.batch, len(local.rows))
+            loss, *grads = self._pair_gradients(plan, center, context)
+        else:
+            grads = [torch.empty_like(center), torch.empty_like(context)]
+            loss = fast.DenseGradients(len(local.rows), self.embed_size, self.torch_device)(
+                *self._batch_tensors(local.batch), center, context, *grads)
+        return loss, local, rows, grads
+
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
+        if self.sparse and not self._autograd:
+            loss, local, rows, grads = self._local_gradients(batch)
+            dense = [torch.zeros_like(table) for table in self._tables]
+            for table, grad in zip(dense, grads):
+                table.index_copy_(0, rows, grad)
+                table[0] = 0  # the padding row: no gradient reaches it
+            return float(loss), Params(*(_host_copy(g) for g in dense))
         if self._autograd:
             loss = self._autograd_loss(batch)
             grads = torch.autograd.grad(loss, list(self._tables))
@@ -191,6 +208,8 @@ class TorchBackend(Backend):
             group["lr"] = lr
 
     def train_step(self, batch: Batch) -> torch.Tensor:
+        if self.sparse and not self._autograd:
+            return self._sparse_fast_step(batch)
         self._set_step_lr()
         if self._autograd:  # the chapter's loop body
             self._optimizer.zero_grad(set_to_none=True)
@@ -202,13 +221,28 @@ class TorchBackend(Backend):
         self._optimizer.step()
         return loss  # no .item(): the driver syncs only when it reports
 
+    def _sparse_fast_step(self, batch: Batch) -> torch.Tensor:
+        """sparse_adam or sgd on the touched rows alone, in the stock optimiser's state."""
+        lr = self.next_lr()
+        loss, local, rows, grads = self._local_gradients(batch)
+        for table, grad, touched in zip(self._tables, grads,
+                                        (local.center_touched, local.context_touched)):
+            where = torch.from_numpy(touched).to(self.torch_device)
+            table_rows, grad = rows[where], grad[where]
+            if self.optimizer == "sgd":
+                optim.sgd_rows(table, table_rows, grad, lr)
+            else:
+                optim.sparse_adam_rows(self._optimizer, table, table_rows, grad, lr)
+        return loss
+
     def optimizer_state(self) -> AdamState:
         center, context = self._tables
         state = self._optimizer.state
+        if self.optimizer == "sgd":  # no moments: the step count is the host's
+            return empty_state("sgd", self.vocab_size, self.embed_size)._replace(
+                step=self.adam_steps)
         if center not in state:  # no step taken since the optimiser was made
-            zeros = Params(*(np.zeros((self.vocab_size, self.embed_size), np.float32)
-                             for _ in range(2)))
-            return AdamState(0, zeros, zeros)
+            return empty_state(self.optimizer, self.vocab_size, self.embed_size)
         # Adam keeps `step` as a tensor, SparseAdam as an int.
         return AdamState(int(state[center]["step"]),
                          Params(*(_host_copy(state[t]["exp_avg"]) for t in (center, context))),
@@ -216,6 +250,10 @@ class TorchBackend(Backend):
 
     def load_optimizer_state(self, state: AdamState) -> None:
         self._check_adam_state(state)
+        if self.optimizer == "sgd":
+            self._optimizer = self._new_optimizer()
+            self.adam_steps = int(state.step)
+            return
 
         def step() -> Any:
             # SparseAdam counts in a Python int; Adam in a float tensor, one per table: it adds

@@ -84,7 +84,7 @@ class PairGradients:
     def __call__(self, plan: PairPlan, center_table: Tensor,
                  context_table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(V, E) tables -> 0-d summed loss, fresh (V, E) centre and context gradients."""
-        vocab = self.vocab_size
+        vocab = plan.center_starts.numel() - 1  # V, or a local batch's rows (`localize`)
         # Detached: `embedding_bag` takes its forward-only kernel (several times faster) only
         # when no input requires grad, whatever the grad mode says.
         center_table, context_table = center_table.detach(), context_table.detach()

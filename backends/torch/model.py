@@ -53,9 +53,12 @@ class SkipGramModel(nn.Module):
         # Xavier-uniform, as the chapter's `init_weights` (nn.Embedding's default is N(0, 1)).
         # The backend then overwrites both tables from `init_params_numpy`, so that a seed
         # means the same tables in every backend; this keeps the module right on its own.
-        # `sparse`: autograd returns sparse gradients (what `torch.optim.SparseAdam` needs).
-        self.center = nn.Embedding(vocab_size, embed_size, sparse=sparse)
-        self.context = nn.Embedding(vocab_size, embed_size, sparse=sparse)
+        # `sparse`: autograd returns sparse gradients (what `torch.optim.SparseAdam` needs), and
+        # id 0, the padding, gets none, so that padding slots touch no row.
+        padding_idx = 0 if sparse else None
+        self.center = nn.Embedding(vocab_size, embed_size, sparse=sparse, padding_idx=padding_idx)
+        self.context = nn.Embedding(vocab_size, embed_size, sparse=sparse,
+                                    padding_idx=padding_idx)
         nn.init.xavier_uniform_(self.center.weight)
         nn.init.xavier_uniform_(self.context.weight)
 
