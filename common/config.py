@@ -42,6 +42,9 @@ class TrainConfig:
 
     backend: str = field(default="torch", metadata=_flag("framework backend (env W2V_BACKEND)"))
     device: str = field(default="cpu", metadata=_flag("cpu, gpu or gpu:N"))
+    data_parallel: int = field(default=1, metadata=_flag(
+        "replicas trained data-parallel by the framework's own engine, each on its share of "
+        "every --batch-size batch; gradients summed, so N replicas train as one"))
     epochs: int = field(default=5, metadata=_flag("training epochs"))
     lr: float = field(default=0.002, metadata=_flag("Adam learning rate"))
     batch_size: int = field(default=512, metadata=_flag("centre words per minibatch"))
@@ -83,7 +86,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first invalid field; return self for chaining."""
         positive_ints = ("epochs", "batch_size", "embed_size", "max_window_size",
-                         "num_noise_words", "min_freq")
+                         "num_noise_words", "min_freq", "data_parallel")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -97,6 +100,10 @@ class TrainConfig:
                     or value == float("inf"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, "
                                   f"got {value!r}")
+        if self.data_parallel > self.batch_size:
+            raise ConfigError(f"--data-parallel {self.data_parallel} exceeds --batch-size "
+                              f"{self.batch_size}: each replica needs at least one example "
+                              f"of every batch")
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_MODES)}, "
                               f"got {self.sampling!r}")

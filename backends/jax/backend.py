@@ -94,6 +94,7 @@ class JaxBackend(Backend):
     name: ClassVar[str] = "jax"
     framework: ClassVar[str] = "jax"
     fixed_shapes: ClassVar[bool] = True  # jit compiles one program per input shape
+    data_parallel: ClassVar[str] = "devices"  # distributed.py: a Mesh, the batch sharded
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",
@@ -118,6 +119,7 @@ class JaxBackend(Backend):
         else:  # chunking pays where the cache is the bottleneck; a GPU wants one large kernel
             gradients = functools.partial(fast.value_and_table_grads, graphdef,
                                           chunked=self.jax_device.platform == "cpu")
+        self._gradients: Gradients = gradients  # distributed.py sums it over the replicas
         self._train_step = make_train_step(gradients, self._optimizer)
         self._loss_and_grads = jax.jit(gradients)
         # Not donated: evaluation must leave the parameters usable.
@@ -215,6 +217,12 @@ class JaxBackend(Backend):
 
     def synchronize(self) -> None:
         jax.block_until_ready((self._params, self._opt_state))
+
+    @classmethod
+    def prepare_replicas(cls, replicas: int) -> None:
+        from backends.jax.distributed import reserve_host_devices
+
+        reserve_host_devices(replicas)
 
     @classmethod
     def devices(cls) -> list[str]:
