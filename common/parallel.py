@@ -218,7 +218,7 @@ def launch(argv: Sequence[str], replicas: int, run: Path) -> None:
             # it on once (twice would abort the replicas' checkpoint).
             children.append(subprocess.Popen([sys.executable, "-m", "common.cli", *argv],
                                              env=env, start_new_session=True))
-        codes = _supervise(children, forwarded)
+        codes, first = _supervise(children, forwarded)
     finally:
         for child in children:  # never leave one behind
             if child.poll() is None:
@@ -226,20 +226,26 @@ def launch(argv: Sequence[str], replicas: int, run: Path) -> None:
                 child.wait()
         for signum, old in previous.items():
             signal.signal(signum, old)
-    _raise_for(codes, children, run, forwarded)
+    _raise_for(codes, first, children, run, forwarded)
 
 
-def _supervise(children: list[subprocess.Popen[bytes]], forwarded: list[int]) -> list[int]:
-    """Wait for every child; once one ends in error (or dies), bound the wait for the rest."""
+def _supervise(children: list[subprocess.Popen[bytes]],
+               forwarded: list[int]) -> tuple[list[int], int | None]:
+    """Wait for every child; once one ends in error (or dies), bound the wait for the rest.
+
+    Returns every exit code and the rank that failed first (None: none did), before this
+    launcher stopped any: what happened after is its own doing.
+    """
     deadline: float | None = None
-    terminated = False
+    terminated, first = False, None
     while True:
         codes = [child.poll() for child in children]
         if all(code is not None for code in codes):
-            return [int(code) for code in codes]  # type: ignore[arg-type]
+            return [int(code) for code in codes], first  # type: ignore[arg-type]
         failed = [code for code in codes if code not in (None, 0)]
         now = time.monotonic()
         if failed and deadline is None:
+            first = next(rank for rank, code in enumerate(codes) if code not in (None, 0))
             # A replica killed outright cannot answer a collective: stop the others now.
             # One that ended in an error or an interrupt lets the others finish theirs.
             died = any(code < 0 for code in failed) and not forwarded
@@ -253,16 +259,15 @@ def _supervise(children: list[subprocess.Popen[bytes]], forwarded: list[int]) ->
         time.sleep(0.05)
 
 
-def _raise_for(codes: list[int], children: list[subprocess.Popen[bytes]], run: Path,
-               forwarded: list[int]) -> None:
+def _raise_for(codes: list[int], first: int | None, children: list[subprocess.Popen[bytes]],
+               run: Path, forwarded: list[int]) -> None:
     """Nothing when every replica succeeded; else the one line that says what happened."""
     from common import runs
 
     if all(code == 0 for code in codes):
         return
-    killed = [(rank, -code) for rank, code in enumerate(codes) if code < 0]
-    if killed and not forwarded:
-        rank, signum = killed[0]
+    if first is not None and codes[first] < 0 and not forwarded:
+        rank, signum = first, -codes[first]
         checkpoint = run / runs.CHECKPOINT
         after = (f"the last checkpoint, {checkpoint}, is intact: continue with "
                  f"`w2v train --resume {run}`" if checkpoint.is_file() else

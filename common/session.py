@@ -159,8 +159,9 @@ class _Session:
         self.replaces_folder = False  # True for a new run until its first checkpoint
 
     def where(self) -> str:
-        """The device, and the replicas when there are several: "cpu, 2 replicas"."""
-        replicas = self.config.data_parallel
+        """The device, and the replicas when there are several, as the engine counts them:
+        "cpu, 2 data-parallel replicas"."""
+        replicas = self.backend.replicas
         return self.backend.device + (f", {replicas} data-parallel replicas" * (replicas > 1))
 
     # -- checkpoints ------------------------------------------------------------------------

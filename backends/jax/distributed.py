@@ -51,12 +51,12 @@ class DataParallelBackend(JaxBackend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        self.replicas = replicas
         devices = jax.devices(self.jax_device.platform)
         if len(devices) < replicas:
             raise ConfigError(f"--data-parallel {replicas} needs {replicas} "
                               f"{self.jax_device.platform} devices; JAX has {len(devices)}")
         self.mesh = Mesh(np.array(devices[:replicas]), (AXIS,))
+        self.replicas = self.mesh.size
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
         # Every `device_put` of the shell (parameters, moments, counts) now replicates.
         self.jax_device = NamedSharding(self.mesh, PartitionSpec())

@@ -161,7 +161,6 @@ class DataParallelBackend(MXNetBackend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        self.replicas = replicas
         if self.context.device_type == "cpu":
             self.contexts = [mx.cpu(index) for index in range(replicas)]
         else:
@@ -169,7 +168,7 @@ class DataParallelBackend(MXNetBackend):
                 raise ConfigError(f"--data-parallel {replicas} needs {replicas} GPUs; MXNet "
                                   f"sees {mx.context.num_gpus()}")
             self.contexts = [mx.gpu(index) for index in range(replicas)]
-        self.context = self.contexts[0]
+        self.context, self.replicas = self.contexts[0], len(self.contexts)
         self.net.collect_params().reset_ctx(self.contexts)
         if step == "chapter":
             self.trainer = ChapterSteps(self.net, lr, self.contexts)

@@ -62,9 +62,9 @@ class DataParallelBackend(TFBackend):
         if found < replicas:
             raise ConfigError(f"--data-parallel {replicas} needs {replicas} {kind} devices; "
                               f"TensorFlow has {found}")
-        self.replicas = replicas
         self.strategy = tf.distribute.MirroredStrategy(
             [f"/{kind}:{index}" for index in range(replicas)])
+        self.replicas = self.strategy.num_replicas_in_sync
         with self.strategy.scope():
             super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                              optimizer=optimizer, step=step)

@@ -95,8 +95,8 @@ class DataParallelBackend(TorchBackend):
     def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",
                  step: str = "fast") -> None:
-        self.replicas = replicas
         self.rank, device = join_process_group(replicas, device)
+        self.replicas = dist.get_world_size()
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
         self._ddp: DistributedDataParallel | None = None
