@@ -24,7 +24,7 @@ from common import parallel, runs
 from common.cli import main
 from common.config import TrainConfig
 from common.errors import ConfigError
-from helpers import assert_params_close, error_line, make_batch, tiny_corpus
+from helpers import assert_params_close, error_line, make_batch, require_backend, tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES_PER_EPOCH = 50  # tiny corpus: 3,200 centre words at t=1, batches of 64
@@ -53,6 +53,12 @@ def _stopped_after(run: Path, steps: int) -> runs.Checkpoint:
     checkpoint = runs.load_checkpoint(run)
     assert checkpoint.position["batch"] == steps and checkpoint.adam_step == steps
     return checkpoint
+
+
+@pytest.fixture
+def torch_replicas() -> None:
+    """The faults of a replica per process: torch's engine (skipped where torch is not)."""
+    require_backend("torch")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +122,7 @@ def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, mo
     np.testing.assert_allclose(_epoch_losses(two), _epoch_losses(one), rtol=1e-4)
 
 
-def test_a_killed_replica_stops_the_run_which_resumes_with_any_count(tmp_path, corpus):
+def test_a_killed_replica_stops_the_run_which_resumes_with_any_count(tmp_path, corpus, torch_replicas):
     """Replica 1 dies by SIGKILL in epoch 2: one line naming it, the epoch-1 checkpoint
     intact, and `--resume --data-parallel 1` ends where an uninterrupted run ends."""
     reference, run = tmp_path / "reference", tmp_path / "run"
@@ -137,7 +143,7 @@ def test_a_killed_replica_stops_the_run_which_resumes_with_any_count(tmp_path, c
     np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
-def test_a_signal_stops_every_replica_at_one_batch_boundary(tmp_path, corpus):
+def test_a_signal_stops_every_replica_at_one_batch_boundary(tmp_path, corpus, torch_replicas):
     """SIGTERM reaches replica 0 alone; both stop after the same batch, one resume line,
     exit 143, and the resumed run (two replicas again) ends as an uninterrupted one."""
     reference, run = tmp_path / "reference", tmp_path / "run"
@@ -155,7 +161,7 @@ def test_a_signal_stops_every_replica_at_one_batch_boundary(tmp_path, corpus):
     np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
-def test_ctrl_c_to_the_launcher_reaches_every_replica_once(tmp_path, corpus):
+def test_ctrl_c_to_the_launcher_reaches_every_replica_once(tmp_path, corpus, torch_replicas):
     run = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "common.cli",
@@ -177,7 +183,7 @@ def test_ctrl_c_to_the_launcher_reaches_every_replica_once(tmp_path, corpus):
 
 
 def test_a_port_in_use_and_a_wrong_world_size_are_one_line(tmp_path, capsys, corpus,
-                                                          monkeypatch):
+                                                          monkeypatch, torch_replicas):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
