@@ -223,6 +223,12 @@ class Backend(abc.ABC):
         devices, TensorFlow's logical CPUs); fail in one line when it started without them."""
 
     @classmethod
+    def process_index(cls) -> int:
+        """This process's number among those of a multi-process engine that runs its own
+        (JAX's `jax.distributed`); 0, the writer, when it is alone."""
+        return 0
+
+    @classmethod
     def devices(cls) -> list[str]:
         """What this machine offers the framework: "cpu", "gpu:0", ..."""
         return ["cpu"]

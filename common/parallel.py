@@ -115,14 +115,17 @@ def _env_int(name: str) -> int | None:
     return int(text)
 
 
-def replica_rank(config: TrainConfig, engine: str) -> int | None:
+def replica_rank(config: TrainConfig, backend_class: Any) -> int | None:
     """This process's replica number, or None when it must launch the replicas itself.
 
-    Only "processes" engines have ranks; the others run every replica here (rank 0).
-    A launch by torchrun sets RANK and WORLD_SIZE, whose size must be `--data-parallel`.
+    "processes" engines: from torchrun's RANK and WORLD_SIZE, whose size must be
+    `--data-parallel`. "devices" engines run their replicas here, or, joined to other
+    processes by the framework's own runtime, are its process number (0 writes).
     """
-    if config.data_parallel == 1 or engine != "processes":
+    if config.data_parallel == 1:
         return 0
+    if backend_class.data_parallel != "processes":
+        return backend_class.process_index()
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
     if rank is None and world is None:
         return None
@@ -197,6 +200,9 @@ def launch(argv: Sequence[str], replicas: int, run: Path) -> None:
     """
     address = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = master_port(address)
+    # The cores shared out, as torchrun does (it sets 1): N replicas each running a thread
+    # per core would oversubscribe them.
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // replicas))
     children: list[subprocess.Popen[bytes]] = []
     forwarded: list[int] = []
 
@@ -213,7 +219,8 @@ def launch(argv: Sequence[str], replicas: int, run: Path) -> None:
         for rank in range(replicas):
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank),
                        WORLD_SIZE=str(replicas), LOCAL_WORLD_SIZE=str(replicas),
-                       MASTER_ADDR=address, MASTER_PORT=str(port), **{LAUNCHED_ENV: "1"})
+                       MASTER_ADDR=address, MASTER_PORT=str(port), OMP_NUM_THREADS=threads,
+                       **{LAUNCHED_ENV: "1"})
             # Their own sessions: a terminal's Ctrl-C reaches this process alone, which passes
             # it on once (twice would abort the replicas' checkpoint).
             children.append(subprocess.Popen([sys.executable, "-m", "common.cli", *argv],

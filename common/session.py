@@ -311,7 +311,7 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
     config.backend = backends.canonical(config.backend)
     backend_class = resolve_backend(config.backend, config.device,  # before the folder
                                     config.data_parallel)
-    rank = parallel.replica_rank(config, backend_class.data_parallel)
+    rank = parallel.replica_rank(config, backend_class)
     if rank is None:  # --data-parallel N over N processes: start them here, as torchrun would
         argv = ["train", *parallel.config_argv(config), "--out", str(out),
                 *["--overwrite"] * overwrite, *["--no-progress"] * (progress is False),
@@ -403,7 +403,7 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             setattr(config, name, backends.canonical(value) if name == "backend" else value)
     config.validate()
     backend_class = resolve_backend(config.backend, config.device, config.data_parallel)
-    rank = parallel.replica_rank(config, backend_class.data_parallel)
+    rank = parallel.replica_rank(config, backend_class)
     if rank is None:  # start the replicas, which resume it; the lock is theirs to take
         argv = ["train", "--resume", str(run), *["--no-progress"] * (progress is False),
                 "--query", *queries]

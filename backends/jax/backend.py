@@ -102,7 +102,8 @@ class JaxBackend(Backend):
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
         kind, index = self.check_device(device)
-        self.jax_device: jax.Device = jax.devices(kind)[index]
+        # This process's devices (the same list unless `jax.distributed` joined several).
+        self.jax_device: jax.Device = jax.local_devices(backend=kind)[index]
         if optimizer != "adam":
             raise ConfigError(f"the jax backend offers only --optimizer adam, got {optimizer!r}")
         with jax.default_device(self.jax_device):
@@ -223,6 +224,10 @@ class JaxBackend(Backend):
         from backends.jax.distributed import reserve_host_devices
 
         reserve_host_devices(replicas)
+
+    @classmethod
+    def process_index(cls) -> int:
+        return jax.process_index()
 
     @classmethod
     def devices(cls) -> list[str]:

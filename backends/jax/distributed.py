@@ -15,6 +15,8 @@ die alone.
 from __future__ import annotations
 
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -27,13 +29,40 @@ from common.batching import Batch
 from common.errors import ConfigError
 
 AXIS = "batch"
+# Several processes (README, "Data-parallel"): JAX reads the coordinator's address itself.
+COORDINATOR_ENV, PROCESSES_ENV, PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                                               "JAX_PROCESS_ID")
+
+
+def _env_count(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    if not text.isdigit():
+        raise ConfigError(f"{name}={text!r} is not a non-negative integer")
+    return int(text)
 
 
 def reserve_host_devices(replicas: int) -> None:
-    """Ask for `replicas` CPU devices before JAX starts; one line if it already started."""
+    """Ask for the CPU devices `replicas` need before JAX starts; one line if it started.
+
+    With JAX_COORDINATOR_ADDRESS set, this process is one of JAX_NUM_PROCESSES (its number
+    JAX_PROCESS_ID): it joins the others through `jax.distributed.initialize`, with
+    `replicas / JAX_NUM_PROCESSES` host devices of its own and gloo for the collectives.
+    """
+    processes = _env_count(PROCESSES_ENV, 1) if os.environ.get(COORDINATOR_ENV) else 1
+    if replicas % processes:
+        raise ConfigError(f"--data-parallel {replicas} does not split over "
+                          f"{PROCESSES_ENV}={processes} processes: give a multiple of it")
+    local = replicas // processes
     try:
-        if jax.config.jax_num_cpu_devices < replicas:
-            jax.config.update("jax_num_cpu_devices", replicas)
+        if jax.config.jax_num_cpu_devices < local:
+            jax.config.update("jax_num_cpu_devices", local)
+        if processes > 1 and not jax.distributed.is_initialized():
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            timeout = int(parallel.collective_timeout())
+            jax.distributed.initialize(num_processes=processes,
+                                       process_id=_env_count(PROCESS_ENV, 0),
+                                       initialization_timeout=timeout,
+                                       heartbeat_timeout_seconds=timeout)
     except RuntimeError:  # JAX's backends are up: only what they already have is available
         count = len(jax.devices("cpu"))
         if count < replicas:
@@ -56,7 +85,7 @@ class DataParallelBackend(JaxBackend):
             raise ConfigError(f"--data-parallel {replicas} needs {replicas} "
                               f"{self.jax_device.platform} devices; JAX has {len(devices)}")
         self.mesh = Mesh(np.array(devices[:replicas]), (AXIS,))
-        self.replicas = self.mesh.size
+        self.replicas, self.rank = self.mesh.size, jax.process_index()
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
         # Every `device_put` of the shell (parameters, moments, counts) now replicates.
         self.jax_device = NamedSharding(self.mesh, PartitionSpec())
@@ -74,9 +103,20 @@ class DataParallelBackend(JaxBackend):
         self.init_params(seed)  # again, replicated over the mesh
 
     def _host_batch(self, batch: Batch) -> Batch:  # type: ignore[override]
-        """The batch padded to a multiple of the replicas and split by rows over the mesh."""
+        """The batch padded to a multiple of the replicas and split by rows over the mesh;
+        each process places the rows of its own devices (every process reads the same
+        stream)."""
         batch = parallel.pad_rows(JaxBackend._host_batch(batch), self.replicas)
-        return Batch(*jax.device_put(tuple(batch), self._batch_sharding))
+        return Batch(*(jax.make_array_from_callback(array.shape, self._batch_sharding,
+                                                    lambda index, array=array: array[index])
+                       for array in batch))
+
+    def agree_to_stop(self, signum: int) -> int:
+        if jax.process_count() == 1:
+            return signum
+        from jax.experimental import multihost_utils
+
+        return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
 
     def set_params(self, params: Params) -> None:
         super().set_params(params)
