@@ -259,6 +259,12 @@ class TFBackend(Backend):
         reserve_logical_cpus(replicas)
 
     @classmethod
+    def process_index(cls) -> int:
+        from backends.tf.distributed import cluster
+
+        return cluster()[1]
+
+    @classmethod
     def devices(cls) -> list[str]:
         return ["cpu"] + [f"gpu:{index}" for index in range(_gpu_count())]
 

@@ -17,6 +17,8 @@ die alone.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,19 +32,46 @@ from common.batching import Batch
 from common.errors import ConfigError
 
 SUM = tf.distribute.ReduceOp.SUM
+# The strategy of a TF_CONFIG cluster, made once by `reserve_logical_cpus`.
+_STRATEGY: tf.distribute.Strategy | None = None
+
+
+def cluster() -> tuple[int, int]:
+    """(workers, this worker's index) from TF_CONFIG; (1, 0) without it."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text:
+        return 1, 0
+    try:
+        config = json.loads(text)
+        return len(config["cluster"]["worker"]), int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("TF_CONFIG is not {\"cluster\": {\"worker\": [host:port, ...]}, "
+                          "\"task\": {\"type\": \"worker\", \"index\": i}}") from None
 
 
 def reserve_logical_cpus(replicas: int) -> None:
-    """Split the CPU into `replicas` logical devices before TensorFlow starts (one line when
-    it started with fewer)."""
+    """Split the CPU into this process's share of `replicas` logical devices before
+    TensorFlow starts (one line when it started with fewer). Under TF_CONFIG, join the other
+    workers (`MultiWorkerMirroredStrategy` must exist before TensorFlow runs anything)."""
+    global _STRATEGY
+    workers, _ = cluster()
+    if replicas % workers:
+        raise ConfigError(f"--data-parallel {replicas} does not split over the {workers} "
+                          f"workers of TF_CONFIG: give a multiple of it")
+    local = replicas // workers
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
-        if len(tf.config.get_logical_device_configuration(cpu) or ()) < replicas:
+        if len(tf.config.get_logical_device_configuration(cpu) or ()) < local:
             tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(local)])
+        if workers > 1 and _STRATEGY is None:
+            timeout = parallel.collective_timeout()
+            _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=tf.distribute.experimental.CommunicationOptions(
+                    timeout_seconds=timeout))
     except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
         count = len(tf.config.list_logical_devices("CPU"))
-        if count < replicas:
+        if count < local:
             raise ConfigError(f"TensorFlow started with {count} logical CPU(s) before "
                               f"--data-parallel {replicas} could ask for more: run it in a "
                               f"fresh process (`w2v train` does)") from None
@@ -58,13 +87,18 @@ class DataParallelBackend(TFBackend):
                  step: str = "fast") -> None:
         kind, _ = normalize_device(device)
         kind = kind.upper()
+        workers, self.rank = cluster()
+        local = replicas // workers
         found = len(tf.config.list_logical_devices(kind))
-        if found < replicas:
-            raise ConfigError(f"--data-parallel {replicas} needs {replicas} {kind} devices; "
+        if found < local:
+            raise ConfigError(f"--data-parallel {replicas} needs {local} {kind} devices here; "
                               f"TensorFlow has {found}")
-        self.strategy = tf.distribute.MirroredStrategy(
+        self.strategy = _STRATEGY or tf.distribute.MirroredStrategy(
             [f"/{kind}:{index}" for index in range(replicas)])
         self.replicas = self.strategy.num_replicas_in_sync
+        if self.replicas != replicas:
+            raise ConfigError(f"--data-parallel is {replicas} but the TF_CONFIG cluster has "
+                              f"{self.replicas} replicas: launch one worker per share")
         with self.strategy.scope():
             super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                              optimizer=optimizer, step=step)
@@ -120,6 +154,15 @@ class DataParallelBackend(TFBackend):
         else:
             self.trainer.adam.apply(tuple(gradients), tables, lr)
         return loss
+
+    def agree_to_stop(self, signum: int) -> int:
+        if _STRATEGY is None:
+            return signum
+        # ReduceOp has SUM and MEAN only: the largest signal from the sum of one-hot flags.
+        flags = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.one_hot(signum, 65, dtype=tf.int32))
+        asked = np.flatnonzero(self.strategy.reduce(SUM, flags, axis=None).numpy()[1:])
+        return int(asked[-1]) + 1 if len(asked) else 0
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         loss, gradients = self._replicated_grads(*self._distribute(batch))
