@@ -410,6 +410,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
         for name in changes:
             argv += ["--" + name.replace("_", "-"), str(getattr(config, name))]
         return _launched(config, argv, run, on_epoch_end)
+    if rank > 0:  # rank 0 speaks for the run
+        log, progress = _silent, False
     with runs.locked(run) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             runs.remove_temporaries(run)

@@ -126,8 +126,10 @@ class DataParallelBackend(TFBackend):
         return loss, list(gradients)
 
     def _grads_graph(self, *batch: Any) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        per_replica = self.strategy.run(self._replica_gradients, args=batch)
-        return self.strategy.reduce(SUM, per_replica, axis=None)
+        loss, gradients = self.strategy.run(self._replica_gradients, args=batch)
+        # One reduction each: MultiWorkerMirroredStrategy cannot pack tensors of mixed ranks.
+        return (self.strategy.reduce(SUM, loss, axis=None),
+                [self.strategy.reduce(SUM, gradient, axis=None) for gradient in gradients])
 
     def _step_graph(self, centers: Any, contexts_negatives: Any, masks: Any, labels: Any,
                     lr: tf.Tensor) -> tf.Tensor:
