@@ -211,3 +211,55 @@ def test_a_framework_started_without_the_devices_says_so(framework_backend):
         return
     with pytest.raises(ConfigError, match="run it in a fresh process"):
         backend_class.prepare_replicas(64)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _multi_process_env(backend: str, process: int) -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) of process `process` of 2 in the README's launch."""
+    if backend == "torch":  # two torchruns, as on two hosts
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        return ([torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank",
+                 str(process), "--master-addr", "127.0.0.1", "--master-port", PORTS[0], "-m",
+                 "common.cli"], {})
+    if backend == "jax":
+        return ([sys.executable, "-m", "common.cli"],
+                {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{PORTS[0]}", "JAX_NUM_PROCESSES": "2",
+                 "JAX_PROCESS_ID": str(process)})
+    cluster = {"worker": [f"127.0.0.1:{PORTS[0]}", f"127.0.0.1:{PORTS[1]}"]}
+    return ([sys.executable, "-m", "common.cli"],
+            {"TF_CONFIG": json.dumps({"cluster": cluster,
+                                      "task": {"type": "worker", "index": process}})})
+
+
+PORTS: list[str] = []
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "tf"])
+def test_the_readmes_multi_host_launch_runs_as_two_local_processes(tmp_path, corpus, backend):
+    """torchrun --nnodes 2, jax.distributed's coordinator, TF_CONFIG: two processes over
+    127.0.0.1 train the chapter step as one replica does (mxnet: one machine only)."""
+    require_backend(backend)
+    PORTS[:] = [str(_free_port()), str(_free_port())]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(_args(corpus, reference, backend, "chapter")) == 0
+    processes = []
+    for process in range(2):
+        command, env = _multi_process_env(backend, process)
+        processes.append(subprocess.Popen(
+            [*command, *_args(corpus, run, backend, "chapter", "--data-parallel", "2")[0:]],
+            cwd=ROOT, env=dict(os.environ, **env), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [process.communicate(timeout=180) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [0, 0], outputs[0][1][-2000:]
+    assert "2 data-parallel replicas" in outputs[0][0]
+    assert outputs[1][0] == ""  # the second process writes and prints nothing
+    np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)

@@ -132,7 +132,7 @@ class DataParallelBackend(TFBackend):
                 [self.strategy.reduce(SUM, gradient, axis=None) for gradient in gradients])
 
     def _step_graph(self, centers: Any, contexts_negatives: Any, masks: Any, labels: Any,
-                    lr: tf.Tensor) -> tf.Tensor:
+                    lr: tf.Tensor, rows: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
         if self.step == "chapter":
             optimizer = self.trainer.optimizer
             optimizer.learning_rate = lr
@@ -149,9 +149,7 @@ class DataParallelBackend(TFBackend):
             return self.strategy.reduce(SUM, losses, axis=None)
         loss, gradients = self._grads_graph(centers, contexts_negatives, masks, labels)
         tables = self.model.tables
-        if self.trainer.sparse:  # every replica's rows: the global batch's ids
-            rows = tuple(tf.reshape(tf.concat(self.strategy.experimental_local_results(ids), 0),
-                                    [-1]) for ids in (centers, contexts_negatives))
+        if self.trainer.sparse:  # the rows of the global batch, which every worker has
             self.trainer.adam.apply_rows(tuple(gradients), rows, tables, lr)
         else:
             self.trainer.adam.apply(tuple(gradients), tables, lr)
@@ -172,7 +170,10 @@ class DataParallelBackend(TFBackend):
 
     def train_step(self, batch: Batch) -> tf.Tensor:
         lr = tf.constant(self.next_lr(), tf.float32)
-        return self._replicated_step(*self._distribute(batch), lr)
+        batch = parallel.pad_rows(batch, self.replicas)  # as the shares are
+        rows = tuple(tf.constant(np.asarray(ids, np.int32).reshape(-1))
+                     for ids in (batch.centers, batch.contexts_negatives))
+        return self._replicated_step(*self._distribute(batch), lr, rows)
 
     def train_steps(self, batches: Sequence[Batch]) -> list[tf.Tensor]:
         return [self.train_step(batch) for batch in batches]
