@@ -19,6 +19,7 @@ import os
 
 import jax
 import numpy as np
+from jax._src import xla_bridge
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from backends.base import Params
@@ -29,6 +30,7 @@ from common.batching import Batch
 from common.errors import ConfigError
 
 AXIS = "batch"
+TERMINATE_FLAG, STARVED_DEVICE_S = "xla_cpu_collective_call_terminate_timeout_seconds", 600
 # Several processes (README, "Data-parallel"): JAX reads the coordinator's address itself.
 COORDINATOR_ENV, PROCESSES_ENV, PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
                                                "JAX_PROCESS_ID")
@@ -53,6 +55,11 @@ def reserve_host_devices(replicas: int) -> None:
         raise ConfigError(f"--data-parallel {replicas} does not split over "
                           f"{PROCESSES_ENV}={processes} processes: give a multiple of it")
     local = replicas // processes
+    if not xla_bridge.backends_are_initialized():
+        # XLA aborts the process when a host device waits 40 s for the others at a collective;
+        # on a loaded 2-core machine a device's thread can be starved that long (seen on PTB).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                                   f"--{TERMINATE_FLAG}={STARVED_DEVICE_S}").strip()
     try:
         if jax.config.jax_num_cpu_devices < local:
             jax.config.update("jax_num_cpu_devices", local)
