@@ -264,3 +264,15 @@ def test_the_readmes_multi_host_launch_runs_as_two_local_processes(tmp_path, cor
     # The second process prints nothing of the run (gloo may say it connected).
     assert "epoch" not in outputs[1][0] and "training with" not in outputs[1][0]
     np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
+
+
+def test_the_replicas_benchmark_puts_n_beside_one_replica():
+    from benchmarks.replicas import render
+
+    rows = [{"backend": "torch", "step": "fast", "replicas": replicas,
+             "centre_words_per_second": rate, "last_epoch_loss": 0.4272,
+             "bytes_all_reduced_per_step": parallel.bytes_all_reduced(6719, 100) * (replicas > 1)}
+            for replicas, rate in ((1, 120_000.0), (2, 30_000.0))]
+    table = render(rows)
+    assert table[2] == "| torch | fast | 1 | 120,000 | 1.00x | 0 | 0.4272 |"
+    assert table[3] == "| torch | fast | 2 | 30,000 | 0.25x | 5.1 MiB (5,375,200) | 0.4272 |"
