@@ -112,6 +112,12 @@ class Backend(abc.ABC):
     # Batches the epoch driver passes to `train_steps` at once; above 1 where running several
     # steps in one compiled call beats one call per step.
     steps_per_call: ClassVar[int] = 1
+    # How `--data-parallel N` runs (`backends/<fw>/distributed.py`, `common/parallel.py`):
+    # "processes", one per replica, launched as torchrun launches them; "devices", N devices
+    # in this process; "" where the backend has no distributed engine.
+    data_parallel: ClassVar[str] = ""
+    replicas: int = 1  # data-parallel replicas training this model
+    rank: int = 0      # this process's replica (0 writes the run folder)
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",
@@ -276,8 +282,27 @@ class Backend(abc.ABC):
     def load_optimizer_state(self, state: AdamState) -> None:
         """Restore what `optimizer_state` returned (after `set_params`)."""
 
+    def agree_to_stop(self, signum: int) -> int:
+        """The stop signal every replica agrees on (0: none), asked at each batch boundary.
+
+        One replica: its own. Replicas in several processes take the largest, so all stop
+        at the same batch boundary even when only some were signalled.
+        """
+        return signum
+
     def synchronize(self) -> None:
         """Wait for queued device work, so that timings measure it (no-op when eager)."""
+
+    @classmethod
+    def prepare_replicas(cls, replicas: int) -> None:
+        """Before the framework starts its devices: ask for what `replicas` need (JAX's host
+        devices, TensorFlow's logical CPUs); fail in one line when it started without them."""
+
+    @classmethod
+    def process_index(cls) -> int:
+        """This process's number among those of a multi-process engine that runs its own
+        (JAX's `jax.distributed`); 0, the writer, when it is alone."""
+        return 0
 
     @classmethod
     def devices(cls) -> list[str]:

@@ -66,7 +66,7 @@ def _comma_list(kind: type) -> Any:
 
 
 # What `--resume` may change: how long to train and where; the rest is the run's own.
-RESUME_OVERRIDES = ("epochs", "backend", "device", "step", "threads")
+RESUME_OVERRIDES = ("epochs", "backend", "device", "step", "threads", "data_parallel")
 
 
 def _given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,10 +161,10 @@ def command_train(args: argparse.Namespace) -> int:
         names = [f"--{name.replace('_', '-')}" for name in fixed]
         names += ["--out"] * (args.out is not None) + ["--overwrite"] * args.overwrite
         raise ConfigError(f"{', '.join(names)} cannot be given with --resume: a resumed run "
-                          f"keeps its config.json (only --epochs, --backend, --device, --step and --threads)")
-    resume_run(args.resume, epochs=given.get("epochs"), backend=given.get("backend"),
-               device=given.get("device"), step=given.get("step"),
-               threads=given.get("threads"), progress=progress, queries=args.query)
+                          f"keeps its config.json (only --epochs, --backend, --device, --step, "
+                          f"--threads and --data-parallel)")
+    resume_run(args.resume, progress=progress, queries=args.query,
+               **{name: given.get(name) for name in RESUME_OVERRIDES})
     return 0
 
 
@@ -343,7 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "sweep": command_sweep, "backends": command_backends}[args.command]
             return handler(args)
     except W2VError as error:
-        print(f"w2v: error: {error}", file=sys.stderr)
+        from common.parallel import ReplicaLost, is_launched_replica
+
+        # Said once: by the replica that failed, or by the launcher that saw it die.
+        quiet = getattr(error, "reported", False) or \
+            (isinstance(error, ReplicaLost) and is_launched_replica())
+        if not quiet:
+            print(f"w2v: error: {error}", file=sys.stderr)
         return error.exit_code
     except BrokenPipeError:  # `w2v evaluate --json | head`: the reader left, nothing to say
         with contextlib.suppress(OSError):

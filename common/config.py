@@ -53,6 +53,9 @@ class TrainConfig:
 
     backend: str = field(default="torch", metadata=_flag("framework backend (env W2V_BACKEND)"))
     device: str = field(default="cpu", metadata=_flag("cpu, gpu or gpu:N"))
+    data_parallel: int = field(default=1, metadata=_flag(
+        "replicas trained data-parallel by the framework's own engine, each on its share of "
+        "every --batch-size batch; gradients summed, so N replicas train as one"))
     epochs: int = field(default=5, metadata=_flag("training epochs"))
     # None: not given, the optimiser's default (`learning_rate`); a value overrides it.
     lr: float | None = field(default=None, metadata=_flag(
@@ -102,7 +105,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first invalid field; return self for chaining."""
         positive_ints = ("epochs", "batch_size", "embed_size", "max_window_size",
-                         "num_noise_words", "min_freq")
+                         "num_noise_words", "min_freq", "data_parallel")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -118,6 +121,10 @@ class TrainConfig:
                     or value == float("inf"):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, "
                                   f"got {value!r}")
+        if self.data_parallel > self.batch_size:
+            raise ConfigError(f"--data-parallel {self.data_parallel} exceeds --batch-size "
+                              f"{self.batch_size}: each replica needs at least one example "
+                              f"of every batch")
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(f"--sampling must be one of {', '.join(SAMPLING_MODES)}, "
                               f"got {self.sampling!r}")
@@ -129,6 +136,10 @@ class TrainConfig:
                               f"got {self.optimizer!r}")
         if self.step not in STEPS:
             raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {self.step!r}")
+        if self.data_parallel > 1 and self.optimizer != "adam":
+            # The replicas' engines were proven equal to one replica with dense Adam only.
+            raise ConfigError(f"--data-parallel {self.data_parallel} trains with --optimizer adam; "
+                              f"--optimizer {self.optimizer} trains with --data-parallel 1")
         from common.threads import check as check_threads
 
         check_threads(self.threads)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from common import runs
+from common import parallel, runs
 from common.config import TrainConfig
 from common.errors import ConfigError, DataError, Interrupted, Stopped
 from common.training import EpochReport, TrainResult, train
@@ -29,6 +29,8 @@ from common.training import EpochReport, TrainResult, train
 # exactly as a Ctrl-C at that moment would.
 INTERRUPT_AFTER_ENV = "W2V_INTERRUPT_AFTER_BATCHES"
 INTERRUPT_SIGNAL_ENV = "W2V_INTERRUPT_SIGNAL"
+# In a run of several replica processes: only the one of this RANK signals itself (default all).
+INTERRUPT_RANK_ENV = "W2V_INTERRUPT_RANK"
 # What stops a run politely: Ctrl-C, a batch scheduler, a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -58,16 +60,20 @@ class TrainOutcome:
     valid_losses: list[float] = field(default_factory=list)
 
 
-def resolve_backend(name: str, device: str, threads: int = 0) -> Any:
+def resolve_backend(name: str, device: str, threads: int = 0, replicas: int = 1) -> Any:
     """Backend name -> Backend class, with the device checked before any data is read.
 
     `threads` (`--threads`, 0: the framework's defaults) is applied first: some frameworks size
-    their pools when they start, which the device query may do.
+    their pools when they start, which the device query may do. `replicas` > 1 readies the
+    framework's data-parallel engine (host devices for jax and tf) before it starts.
     """
     import backends
 
     backend_class = backends.load(name)
     backend_class.set_threads(threads)
+    if replicas > 1:
+        parallel.check_engine(backend_class, replicas)
+        backend_class.prepare_replicas(replicas)
     backend_class.check_device(device)
     return backend_class
 
@@ -88,7 +94,9 @@ class _StopRequest:
         epoch, batch = self._last
         self.batches_seen += position.batch - (batch if position.epoch == epoch else 0)
         self._last = (position.epoch, position.batch)
-        if self.inject_after is not None and self.batches_seen >= self.inject_after:
+        if self.inject_after is not None and self.batches_seen >= self.inject_after \
+                and os.environ.get(INTERRUPT_RANK_ENV, os.environ.get("RANK")) \
+                == os.environ.get("RANK"):
             self.inject_after = None
             os.kill(os.getpid(), self.inject_signal)  # the handler below runs right here
         return self.signum is not None
@@ -117,13 +125,22 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
             signal.signal(signum, old)
 
 
+def _silent(line: str) -> None:
+    """The log of a replica other than rank 0."""
+
+
 class _Session:
     """The pieces of one run, put together by `train_run` or `resume_run`."""
 
     def __init__(self, config: TrainConfig, run: Path, backend_class: Any, *,
-                 log: Callable[[str], None], progress: bool | None) -> None:
+                 log: Callable[[str], None], progress: bool | None, writer: bool = True) -> None:
         from common.data import prepare_training_data
+        from common.parallel import make_backend
 
+        # Only one replica of a data-parallel run (rank 0) speaks and writes the run folder.
+        self.writer = writer
+        if not writer:
+            log, progress = _silent, False
         self.config, self.run, self.log, self.progress = config, run, log, progress
         self.backend_class = backend_class
         self.data = prepare_training_data(config, fixed_shapes=self.backend_class.fixed_shapes,
@@ -136,9 +153,7 @@ class _Session:
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
             f"vocabulary {len(self.vocab):,}, {self.data.num_examples(0):,} centre words per "
             f"epoch ({config.sampling} sampling)")
-        self.backend = self.backend_class(len(self.vocab), config.embed_size, lr=config.learning_rate,
-                                          device=config.device, seed=config.seed,
-                                          optimizer=config.optimizer, step=config.step)
+        self.backend = make_backend(self.backend_class, config, len(self.vocab))
         # Over all epochs as configured: `--resume --epochs N` stretches what is left of it.
         self.backend.set_lr_schedule(config.schedule,
                                      config.epochs * self.data.num_batches(0))
@@ -151,6 +166,12 @@ class _Session:
                                      encoded=self.data.valid, log=log)
         self.valid_losses: list[float] = []
         self.replaces_folder = False  # True for a new run until its first checkpoint
+
+    def where(self) -> str:
+        """The device, and the replicas when there are several, as the engine counts them:
+        "cpu, 2 data-parallel replicas"."""
+        replicas = self.backend.replicas
+        return self.backend.device + (f", {replicas} data-parallel replicas" * (replicas > 1))
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, result: TrainResult) -> None:
@@ -183,6 +204,8 @@ class _Session:
         """
         from common.plotting import plot_loss
 
+        if not self.writer:
+            return
         if self.replaces_folder:
             runs.remove_results(self.run)
             runs.save_config(self.run, self.config)
@@ -215,18 +238,28 @@ class _Session:
 
         position = result.position if result is not None else None
         with _stop_on_signals() as stop:
+            def should_stop(position: Any) -> bool:
+                # Every replica stops at the same batch boundary: they agree on the signal.
+                stop(position)
+                agreed = self.backend.agree_to_stop(stop.signum or 0)
+                if agreed and stop.signum is None:
+                    stop.signum = agreed
+                return bool(agreed)
+
             result = train(self.backend,
                            lambda epoch, start: prefetch(self.data.batches(epoch, start)),
                            self.data.num_batches, self.config.epochs, progress=self.progress,
                            log=self.log, on_epoch_end=epoch_end, result=result,
-                           position=position, should_stop=stop)
+                           position=position, should_stop=should_stop)
         if result.stopped:
             self.save_progress(result)
             where = result.position
-            raise Interrupted(
+            interrupted = Interrupted(
                 f"interrupted in epoch {where.epoch + 1}, after batch {where.batch} of "
                 f"{self.data.num_batches(where.epoch)}; checkpoint saved: continue with "
                 f"`w2v train --resume {self.run}`", stop.signum or signal.SIGINT)
+            interrupted.reported = not self.writer  # rank 0 says it, once
+            raise interrupted
         return result
 
     def finish(self, result: TrainResult, *, evaluate_at_end: bool,
@@ -235,6 +268,8 @@ class _Session:
         from common.evaluate import evaluate, format_results
         from common.io import write_json
 
+        if not self.writer:
+            return TrainOutcome(self.run, self.config, self.vocab, self.backend, result)
         params = self.backend.get_params()
         keyed = export_word2vec(self.run / runs.VECTORS, self.vocab.idx_to_token, params.center)
         report = result.to_dict()
@@ -283,7 +318,19 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
 
     config.validate()
     config.backend = backends.canonical(config.backend)
-    backend_class = resolve_backend(config.backend, config.device, config.threads)  # before the folder
+    backend_class = resolve_backend(config.backend, config.device,  # before the folder
+                                    config.threads, config.data_parallel)
+    rank = parallel.replica_rank(config, backend_class)
+    if rank is None:  # --data-parallel N over N processes: start them here, as torchrun would
+        argv = ["train", *parallel.config_argv(config), "--out", str(out),
+                *["--overwrite"] * overwrite, *["--no-progress"] * (progress is False),
+                "--query", *queries]
+        return _launched(config, argv, Path(out), on_epoch_end)
+    if rank > 0:  # not the writer: no folder, no lock, nothing written
+        session = _Session(config, Path(out), backend_class, log=log, progress=progress,
+                           writer=False)
+        session.backend.init_params(config.seed)
+        return session.finish(session.fit(None, None), evaluate_at_end=False, queries=())
     run, created = runs.prepare_output(out, overwrite=overwrite)
     try:
         with runs.locked(run):
@@ -292,7 +339,7 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
             session.backend.init_params(config.seed)
             session.replaces_folder = True  # config and vocab are written with the checkpoint
             log(f"training with {session.backend_class.name} {session.backend_class.version()} "
-                f"on {session.backend.device} ({config.step} step, {config.optimizer} at lr "
+                f"on {session.where()} ({config.step} step, {config.optimizer} at lr "
                 f"{config.learning_rate:g}, {config.schedule} schedule), writing {run}")
             result = session.fit(None, on_epoch_end)
             return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)
@@ -301,6 +348,27 @@ def train_run(config: TrainConfig, out: str | Path, *, overwrite: bool = False,
             with contextlib.suppress(OSError):
                 run.rmdir()
         raise
+
+
+def _launched(config: TrainConfig, argv: list[str], run: Path,
+              on_epoch_end: Callable[[EpochContext], None] | None) -> TrainOutcome:
+    """Train in `config.data_parallel` processes (`parallel.launch`); the outcome from the
+    run folder that rank 0 wrote (no live backend: it lived in the replicas)."""
+    from common.io import read_json
+    from common.vocab import Vocab
+
+    if on_epoch_end is not None:
+        raise ConfigError("per-epoch callbacks need the replicas in this process: train with "
+                          "--data-parallel 1, or launch the replicas with torchrun")
+    parallel.launch(argv, config.data_parallel, run)
+    vocab = Vocab.load(run / runs.VOCAB)
+    checkpoint = runs.load_checkpoint(run, vocab_digest=vocab.digest(),
+                                      shape=(len(vocab), config.embed_size))
+    evaluation = read_json(run / runs.EVALUATION, advice="train again") \
+        if (run / runs.EVALUATION).is_file() else None
+    return TrainOutcome(run, runs.load_config(run), vocab, None,
+                        TrainResult.from_state_dict(checkpoint.training), evaluation,
+                        list(checkpoint.training.get("valid_losses", [])))
 
 
 def _check_old_stream(run: Path, checkpoint: runs.Checkpoint, log: Callable[[str], None]) -> None:
@@ -318,37 +386,46 @@ def _check_old_stream(run: Path, checkpoint: runs.Checkpoint, log: Callable[[str
 
 def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str | None = None,
                device: str | None = None, step: str | None = None,
-               threads: int | None = None, log: Callable[[str], None] = print, progress: bool | None = None,
+               threads: int | None = None, data_parallel: int | None = None,
+               log: Callable[[str], None] = print, progress: bool | None = None,
                queries: Sequence[str] = (), evaluate_at_end: bool = True,
                on_epoch_end: Callable[[EpochContext], None] | None = None) -> TrainOutcome:
     """Continue the run in `run_arg` from its checkpoint.
 
     `epochs` may raise its total; `backend` and `device` may move it (the checkpoint is
     framework-neutral), though only the same backend and device continue bit for bit; `step`
-    may switch between the chapter's and the tuned step (both keep the same state).
+    may switch between the chapter's and the tuned step (both keep the same state);
+    `data_parallel` may change the number of replicas (a checkpoint holds one model).
     """
     import backends
 
     from common.vocab import Vocab
 
     run = runs.existing_folder(run_arg, "--resume")
-    with runs.locked(run):
-        runs.remove_temporaries(run)
-        if not (run / runs.CONFIG).is_file() or not (run / runs.VOCAB).is_file():
-            raise ConfigError(f"--resume {run} is not a run folder (no {runs.CONFIG} or "
-                              f"{runs.VOCAB}): give a folder made by `w2v train --out`")
-        config = runs.load_config(run)
-        if epochs is not None:
-            config.epochs = epochs
-        if backend is not None:
-            config.backend = backends.canonical(backend)
-        if device is not None:
-            config.device = device
-        if step is not None:
-            config.step = step
-        if threads is not None:
-            config.threads = threads
-        config.validate()
+    if not (run / runs.CONFIG).is_file() or not (run / runs.VOCAB).is_file():
+        raise ConfigError(f"--resume {run} is not a run folder (no {runs.CONFIG} or "
+                          f"{runs.VOCAB}): give a folder made by `w2v train --out`")
+    changes = dict(epochs=epochs, backend=backend, device=device, step=step, threads=threads,
+                   data_parallel=data_parallel)
+    config = runs.load_config(run)
+    for name, value in changes.items():
+        if value is not None:
+            setattr(config, name, backends.canonical(value) if name == "backend" else value)
+    config.validate()
+    backend_class = resolve_backend(config.backend, config.device, config.threads,
+                                    config.data_parallel)
+    rank = parallel.replica_rank(config, backend_class)
+    if rank is None:  # start the replicas, which resume it; the lock is theirs to take
+        argv = ["train", "--resume", str(run), *["--no-progress"] * (progress is False),
+                "--query", *queries]
+        for name in changes:
+            argv += ["--" + name.replace("_", "-"), str(getattr(config, name))]
+        return _launched(config, argv, run, on_epoch_end)
+    if rank > 0:  # rank 0 speaks for the run
+        log, progress = _silent, False
+    with runs.locked(run) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            runs.remove_temporaries(run)
         saved_vocab = Vocab.load(run / runs.VOCAB)
         checkpoint = runs.load_checkpoint(run, vocab_digest=saved_vocab.digest(),
                                           shape=(len(saved_vocab), config.embed_size))
@@ -364,8 +441,8 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             raise ConfigError(f"{run} has already trained {done['epoch']} of "
                               f"{config.epochs} epochs: pass --epochs N with N larger to "
                               f"train on")
-        session = _Session(config, run, resolve_backend(config.backend, config.device, config.threads),
-                           log=log, progress=progress)
+        session = _Session(config, run, backend_class, log=log, progress=progress,
+                           writer=rank == 0)
         if session.vocab.digest() != saved_vocab.digest():
             raise DataError(f"the corpus gives another vocabulary than {run / runs.VOCAB} "
                             f"(changed since the run began?): resume with the same --data")
@@ -380,11 +457,12 @@ def resume_run(run_arg: str | Path, *, epochs: int | None = None, backend: str |
             raise DataError(f"{run / runs.CHECKPOINT} says it stopped inside epoch "
                             f"{done['epoch'] + 1} of {config.epochs}: train again")
         result = session.restore(checkpoint)
-        runs.save_config(run, config)
+        if session.writer:
+            runs.save_config(run, config)
         where = (f"in epoch {done['epoch'] + 1} of {config.epochs}, after batch {done['batch']}"
                  if done["epoch"] < config.epochs else
                  f"after all {config.epochs} epochs, to export its vectors")
         log(f"resuming {run} {where}, with {session.backend_class.name} "
-            f"{session.backend_class.version()} on {session.backend.device} ({config.step} step)")
+            f"{session.backend_class.version()} on {session.where()} ({config.step} step)")
         result = session.fit(result, on_epoch_end)
         return session.finish(result, evaluate_at_end=evaluate_at_end, queries=queries)

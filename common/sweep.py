@@ -24,7 +24,7 @@ from common.io import write_json, write_jsonl, write_text
 
 GRID, ROWS, TABLE, PLOT, LOG = "sweep.json", "sweep.jsonl", "sweep.tsv", "sweep.png", "train.log"
 # Fields a sweep holds fixed: it compares settings of one backend on one corpus.
-SINGLE_VALUED = ("backend", "device", "corpus", "data", "threads")
+SINGLE_VALUED = ("backend", "device", "data_parallel", "corpus", "data", "threads")
 # What is not a hyperparameter: left out when asking whether a point is the chapter's (both
 # steps compute the same figures).
 _NOT_HYPERPARAMETERS = SINGLE_VALUED + ("seed", "step")

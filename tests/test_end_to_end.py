@@ -7,6 +7,8 @@ same epoch losses: the figures below, the one place they are written.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,22 @@ def test_vectors_load_in_gensim_with_sensible_neighbours(chapter_run):
     # The chapter finds microprocessor, chips, intel; any of the computing words will do.
     assert {"microprocessor", "chips", "intel", "computer", "semiconductor"} & set(neighbours), \
         neighbours
+
+
+def test_two_data_parallel_replicas_reproduce_the_chapter(framework_backend, ptb_data,
+                                                          tmp_path):
+    """`w2v train --backend B --data-parallel 2 --corpus ptb` (issue 21), once per backend:
+    the same five epoch losses. A subprocess: JAX and TensorFlow must start with 2 devices."""
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "common.cli", "train", "--backend",
+                           framework_backend, "--data-parallel", "2", "--corpus", "ptb",
+                           "--data", str(ptb_data), "--out", str(run), "--no-progress"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr
+    assert "2 data-parallel replicas" in done.stdout
+    report = json.loads((run / "report.json").read_text())
+    losses = [epoch["mean_loss"] for epoch in report["epochs"]]
+    np.testing.assert_allclose(losses, EPOCH_LOSSES, rtol=0, atol=LOSS_TOLERANCE)
+    assert report["all_epochs_mean_loss"] == pytest.approx(ALL_EPOCHS_MEAN_LOSS,
+                                                           abs=LOSS_TOLERANCE)

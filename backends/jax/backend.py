@@ -121,6 +121,7 @@ class JaxBackend(Backend):
     name: ClassVar[str] = "jax"
     framework: ClassVar[str] = "jax"
     fixed_shapes: ClassVar[bool] = True  # jit compiles one program per input shape
+    data_parallel: ClassVar[str] = "devices"  # distributed.py: a Mesh, the batch sharded
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",
@@ -128,7 +129,8 @@ class JaxBackend(Backend):
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
         kind, index = self.check_device(device)
-        self.jax_device: jax.Device = jax.devices(kind)[index]
+        # This process's devices (the same list unless `jax.distributed` joined several).
+        self.jax_device: jax.Device = jax.local_devices(backend=kind)[index]
         self.sparse = optimizer != "adam"
         with jax.default_device(self.jax_device):
             module = model.SkipGramModel(vocab_size, embed_size, rngs=nnx.Rngs(seed))
@@ -146,6 +148,7 @@ class JaxBackend(Backend):
         else:  # chunking pays where the cache is the bottleneck; a GPU wants one large kernel
             gradients = functools.partial(fast.value_and_table_grads, graphdef,
                                           chunked=self.jax_device.platform == "cpu")
+        self._gradients: Gradients = gradients  # distributed.py sums it over the replicas
         self._train_step = make_train_step(gradients, self._optimizer)
         self._row_step = make_row_step(gradients, optimizer)
         self._loss_and_grads = jax.jit(gradients)
@@ -294,6 +297,16 @@ class JaxBackend(Backend):
 
     def synchronize(self) -> None:
         jax.block_until_ready((self._params, self._opt_state, self._row_state))
+
+    @classmethod
+    def prepare_replicas(cls, replicas: int) -> None:
+        from backends.jax.distributed import reserve_host_devices
+
+        reserve_host_devices(replicas)
+
+    @classmethod
+    def process_index(cls) -> int:
+        return jax.process_index()
 
     @classmethod
     def devices(cls) -> list[str]:

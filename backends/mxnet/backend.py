@@ -212,6 +212,7 @@ class MXNetBackend(Backend):
     # Eager shapes: the chapter step re-plans its cached graph per (B, L) (few: L is the
     # batch's widest row), and the fast step sees pairs, not slots.
     fixed_shapes: ClassVar[bool] = False
+    data_parallel: ClassVar[str] = "devices"  # distributed.py: a context list, a kvstore
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",

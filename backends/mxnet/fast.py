@@ -300,11 +300,15 @@ class FastStep:
                    lr: float) -> mx.np.ndarray:
         """One Adam step of rate `lr` on `batch`; the 0-d loss, still on device."""
         loss = self.gradients(tables, batch)
+        self.apply(tables, lr)
+        return loss
+
+    def apply(self, tables: tuple[mx.np.ndarray, mx.np.ndarray], lr: float) -> None:
+        """Adam at rate `lr` on `tables` with the gradients in `self.grads`, in place."""
         self.optimizer.set_learning_rate(lr)
         for index, (table, grad) in enumerate(zip(tables, self.grads)):
             state = self.optimizer.create_state(index, table)
             self.optimizer.update(index, table.as_nd_ndarray(), grad.as_nd_ndarray(), state)
-        return loss
 
     def state(self) -> AdamState:
         moments = self.optimizer.moments

@@ -153,6 +153,7 @@ class TFBackend(Backend):
     fixed_shapes: ClassVar[bool] = True  # XLA compiles one program per input shape
     # The fast step's steps per compiled call; the chapter step sets 1 on its instance.
     steps_per_call: ClassVar[int] = fast.STEPS_PER_CALL
+    data_parallel: ClassVar[str] = "devices"  # distributed.py: MirroredStrategy
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",
@@ -348,6 +349,18 @@ class TFBackend(Backend):
         # TensorFlow runs ops eagerly but may queue GPU kernels; reading a value waits for
         # everything before it on that device.
         self.trainer.step_count.numpy()
+
+    @classmethod
+    def prepare_replicas(cls, replicas: int) -> None:
+        from backends.tf.distributed import reserve_logical_cpus
+
+        reserve_logical_cpus(replicas)
+
+    @classmethod
+    def process_index(cls) -> int:
+        from backends.tf.distributed import cluster
+
+        return cluster()[1]
 
     @classmethod
     def devices(cls) -> list[str]:

@@ -40,6 +40,7 @@ class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     framework: ClassVar[str] = "torch"
     fixed_shapes: ClassVar[bool] = False  # eager: each batch may have its own L
+    data_parallel: ClassVar[str] = "processes"  # distributed.py: torch.distributed, DDP
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",

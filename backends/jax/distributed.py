@@ -1,0 +1,142 @@
+"""JAX data parallelism: a `jax.sharding.Mesh` over N devices, the batch sharded along it.
+
+The step is the single-device one (`backend.make_train_step`) around a gradient that
+`jax.shard_map` runs on each device's share of the batch and sums with `jax.lax.psum` over the
+mesh's "batch" axis: the parameters and Adam's state are replicated (`PartitionSpec()`), the
+batch split by rows (`PartitionSpec("batch")`), and the whole step is one `jit` program in
+which XLA inserts the all-reduce. Every device then applies the same Adam update to its copy.
+Both steps run this way (the fast step's chunked gradient runs per shard). On a CPU the N
+devices are host devices (`jax_num_cpu_devices`, as `--xla_force_host_platform_device_count`),
+which must be asked for before JAX starts its backends: `prepare_replicas` does, and fails in
+one line when JAX started without them. Several processes or hosts join one mesh through
+`jax.distributed.initialize` (README, "Data-parallel"); one process has no replica that can
+die alone.
+"""
+from __future__ import annotations
+
+
+import os
+
+import jax
+import numpy as np
+from jax._src import xla_bridge
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from backends.base import Params
+from backends.jax.backend import JaxBackend, make_train_step
+from backends.jax.fast import Tables
+from common import parallel
+from common.batching import Batch
+from common.errors import ConfigError
+
+AXIS = "batch"
+TERMINATE_FLAG, STARVED_DEVICE_S = "xla_cpu_collective_call_terminate_timeout_seconds", 600
+# Several processes (README, "Data-parallel"): JAX reads the coordinator's address itself.
+COORDINATOR_ENV, PROCESSES_ENV, PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                                               "JAX_PROCESS_ID")
+
+
+def _env_count(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    if not text.isdigit():
+        raise ConfigError(f"{name}={text!r} is not a non-negative integer")
+    return int(text)
+
+
+def reserve_host_devices(replicas: int) -> None:
+    """Ask for the CPU devices `replicas` need before JAX starts; one line if it started.
+
+    With JAX_COORDINATOR_ADDRESS set, this process is one of JAX_NUM_PROCESSES (its number
+    JAX_PROCESS_ID): it joins the others through `jax.distributed.initialize`, with
+    `replicas / JAX_NUM_PROCESSES` host devices of its own and gloo for the collectives.
+    """
+    processes = _env_count(PROCESSES_ENV, 1) if os.environ.get(COORDINATOR_ENV) else 1
+    if replicas % processes:
+        raise ConfigError(f"--data-parallel {replicas} does not split over "
+                          f"{PROCESSES_ENV}={processes} processes: give a multiple of it")
+    local = replicas // processes
+    if not xla_bridge.backends_are_initialized():
+        # XLA aborts the process when a host device waits 40 s for the others at a collective;
+        # on a loaded 2-core machine a device's thread can be starved that long (seen on PTB).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                                   f"--{TERMINATE_FLAG}={STARVED_DEVICE_S}").strip()
+    try:
+        if jax.config.jax_num_cpu_devices < local:
+            jax.config.update("jax_num_cpu_devices", local)
+        if processes > 1 and not jax.distributed.is_initialized():
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            timeout = int(parallel.collective_timeout())
+            jax.distributed.initialize(num_processes=processes,
+                                       process_id=_env_count(PROCESS_ENV, 0),
+                                       initialization_timeout=timeout,
+                                       heartbeat_timeout_seconds=timeout)
+    except RuntimeError:  # JAX's backends are up: only what they already have is available
+        count = len(jax.devices("cpu"))
+        if count < replicas:
+            raise ConfigError(
+                f"JAX started with {count} CPU device(s) before --data-parallel {replicas} could "
+                f"ask for more: run it in a fresh process (`w2v train` does), or set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={replicas}") from None
+
+
+class DataParallelBackend(JaxBackend):
+    """`JaxBackend` over a mesh of `replicas` devices: batch sharded, parameters replicated."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
+        super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
+                         optimizer=optimizer, step=step)
+        devices = jax.devices(self.jax_device.platform)
+        if len(devices) < replicas:
+            raise ConfigError(f"--data-parallel {replicas} needs {replicas} "
+                              f"{self.jax_device.platform} devices; JAX has {len(devices)}")
+        self.mesh = Mesh(np.array(devices[:replicas]), (AXIS,))
+        self.replicas, self.rank = self.mesh.size, jax.process_index()
+        self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        # Every `device_put` of the shell (parameters, moments, counts) now replicates.
+        self.jax_device = NamedSharding(self.mesh, PartitionSpec())
+
+        def summed(params: Tables, batch: Batch) -> tuple[jax.Array, Tables]:
+            return jax.lax.psum(self._gradients(params, batch), AXIS)  # this shard's, summed
+
+        gradients = jax.shard_map(summed, mesh=self.mesh,
+                                  in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
+                                  out_specs=(PartitionSpec(), PartitionSpec()),
+                                  # The fast step's `lax.scan` starts from unsharded zeros.
+                                  check_vma=False)
+        self._train_step = make_train_step(gradients, self._optimizer)
+        self._loss_and_grads = jax.jit(gradients)
+        self.init_params(seed)  # again, replicated over the mesh
+
+    def _host_batch(self, batch: Batch) -> Batch:  # type: ignore[override]
+        """The batch padded to a multiple of the replicas and split by rows over the mesh;
+        each process places the rows of its own devices (every process reads the same
+        stream)."""
+        batch = parallel.pad_rows(JaxBackend._host_batch(batch), self.replicas)
+        return Batch(*(jax.make_array_from_callback(array.shape, self._batch_sharding,
+                                                    lambda index, array=array: array[index])
+                       for array in batch))
+
+    def train_step(self, batch: Batch) -> jax.Array:
+        # One collective program at a time: XLA's CPU client may start two queued programs
+        # in different orders on the two device threads, whose all-reduces then wait for each
+        # other (seen on PTB); a step is milliseconds, the wait costs little.
+        return super().train_step(batch).block_until_ready()
+
+    def eval_loss(self, batch: Batch) -> jax.Array:
+        """The whole batch on every device: no collective, so none to order."""
+        return self._eval_loss(self._params, JaxBackend._host_batch(batch)).block_until_ready()
+
+    def agree_to_stop(self, signum: int) -> int:
+        if jax.process_count() == 1:
+            return signum
+        from jax.experimental import multihost_utils
+
+        return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+
+    def set_params(self, params: Params) -> None:
+        super().set_params(params)
+        self._opt_state = jax.device_put(self._opt_state, self.jax_device)
+
+
