@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
+from common.variants import LOSSES, MODELS, combination_error
 
 SAMPLING_MODES = ("static", "resample")
 OPTIMIZERS = ("adam", "sparse_adam")
@@ -65,6 +66,16 @@ class TrainConfig:
         metadata=_flag("adam: the chapter's dense Adam; sparse_adam: lazy rows (faster, differs)",
                        choices=OPTIMIZERS),
     )
+    model: str = field(
+        default="skipgram",
+        metadata=_flag("skipgram: the centre predicts its contexts (chapter); cbow: the mean of "
+                       "the contexts predicts the centre", choices=MODELS),
+    )
+    loss: str = field(
+        default="negative",
+        metadata=_flag("negative: negative sampling (chapter); hsoftmax: hierarchical softmax "
+                       "over a Huffman tree", choices=LOSSES),
+    )
     step: str = field(
         default="fast",
         metadata=_flag("chapter: the chapter's code through the framework's own autodiff and "
@@ -108,6 +119,9 @@ class TrainConfig:
                               f"got {self.optimizer!r}")
         if self.step not in STEPS:
             raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {self.step!r}")
+        problem = combination_error(self.model, self.loss, self.optimizer)
+        if problem is not None:
+            raise ConfigError(problem)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         return self
