@@ -234,3 +234,58 @@ def test_cbow_exports_the_context_table(tmp_path):
     word = vocab.idx_to_token[1]
     np.testing.assert_allclose(keyed[word], checkpoint.context[1], rtol=1e-6)
     assert not np.allclose(keyed[word], checkpoint.center[1])
+
+
+# -- export ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", MODELS)
+def test_projector_export_writes_one_row_per_word_in_the_same_order(tmp_path, capsys, model):
+    from common import runs
+    from common.vocab import Vocab
+
+    code, run = train_tiny(tmp_path, "--model", model, "--epochs", "1")
+    assert code == 0
+    assert main(["export", "--run", str(run), "--format", "projector"]) == 0
+    vocab = Vocab.load(run / runs.VOCAB)
+    checkpoint = runs.load_checkpoint(run)
+    table = checkpoint.context if model == "cbow" else checkpoint.center
+    vectors = (run / "projector" / "vectors.tsv").read_text(encoding="utf-8").splitlines()
+    words = (run / "projector" / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    assert words == vocab.idx_to_token[1:]          # no header, no <unk>, vocabulary order
+    assert len(vectors) == len(words)
+    rows = np.array([[float(cell) for cell in line.split("\t")] for line in vectors])
+    assert rows.shape == (len(words), 16)
+    np.testing.assert_allclose(rows, table[1:], rtol=1e-6)  # the input-side table
+
+    out = tmp_path / "elsewhere"
+    assert main(["export", "--run", str(run), "--format", "projector", "--out", str(out),
+                 "--include-unk"]) == 0
+    assert (out / "metadata.tsv").read_text(encoding="utf-8").splitlines() == \
+        vocab.idx_to_token
+    assert len((out / "vectors.tsv").read_text(encoding="utf-8").splitlines()) == len(vocab)
+
+    again = tmp_path / "again.txt"
+    assert main(["export", "--run", str(run), "--out", str(again)]) == 0  # word2vec default
+    assert again.read_text(encoding="utf-8") == (run / runs.VECTORS).read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--include-unk"]) != 0
+    assert "--include-unk is for --format projector" in error_line(capsys)
+
+
+def test_sweep_takes_comma_lists_of_models_and_losses(tmp_path, capsys):
+    from helpers import tiny_corpus
+
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--backend", "numpy", "--corpus", str(tiny_corpus(tmp_path)),
+                 "--min-freq", "1", "--epochs", "1", "--batch-size", "64", "--embed-size", "8",
+                 "--subsample-t", "1", "--model", "skipgram,cbow",
+                 "--loss", "negative,hsoftmax", "--out", str(out), "--sort", "seconds"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    header, *rows = (out / "sweep.tsv").read_text(encoding="utf-8").splitlines()
+    columns = header.split("\t")
+    assert {"model", "loss"} <= set(columns) and len(rows) == 4
+    cells = {tuple(row.split("\t")[columns.index(name)] for name in ("model", "loss"))
+             for row in rows}
+    assert cells == set(COMBINATIONS)
+    assert any(line.startswith("best by") and "--model" in line and "--loss" in line
+               for line in printed.splitlines())
