@@ -12,6 +12,23 @@ The objective, identical everywhere (written out, with its gradient, in the NumP
 `per_example` equals the chapter's `loss(pred, label, mask) * L / mask.sum(1)`; the `max(., 1)`
 only matters for all-padding rows (fixed-shape backends pad the last batch), which then count 0.
 Adam follows torch.optim.Adam: lr 0.002, betas (0.9, 0.999), eps 1e-8 added to sqrt(v_hat).
+
+word2vec's other choices (`--model cbow`, `--loss hsoftmax`) are trained by each framework's
+`variants.py` (`VariantBackend`, host side in `backends/variant_base.py`) on batches that
+`common.variants.to_variant` makes from the chapter's. Batch shapes per combination, with B
+the batch size, W the largest window, K the noise words, D the Huffman tree's depth:
+
+    combination           inputs, input_masks   targets, masks, labels   tables
+    skipgram + negative   (B, 1) the centre     (B, L <= 2W(1+K))        centre, context
+    cbow + negative       (B, 2W) contexts      (B, 1+K) centre, noise   centre, context
+    skipgram + hsoftmax   (B, 1) the centre     (B, 2W*D) paths          + inner (V-1, E)
+    cbow + hsoftmax       (B, 2W) contexts      (B, D) the centre's path + inner (V-1, E)
+
+The input vector is the masked mean of the input rows (gensim's cbow_mean=1); the input
+table is the centre table for skip-gram and the context table for CBOW, the output table the
+context table, the centre table, or the inner table. Each example's loss is the mean BCE over
+its real output slots; the batch objective is their sum. Hierarchical softmax's labels are
+1 - code along the path (word2vec's), its inner table starts at zero.
 """
 from __future__ import annotations
 
