@@ -41,7 +41,7 @@ def ours(model: str, loss: str, *, data: str | None, epochs: int, seed: int,
     from common.session import train_run
 
     config = TrainConfig(backend=backend, corpus="ptb", data=data, epochs=epochs, seed=seed,
-                         model=model, loss=loss, step="chapter")
+                         model=model, loss=loss)  # both steps: the same figures
     with tempfile.TemporaryDirectory(prefix="w2v-variants-") as folder:
         outcome = train_run(config, Path(folder) / "run", log=lambda line: None,
                             progress=False)

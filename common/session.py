@@ -275,8 +275,8 @@ class _Session:
                       valid_losses=self.valid_losses)
         runs.save_report(self.run, report)
         log = self.log
-        log(f"{result.summary_line()} ({self.backend_class.name}, {self.config.step} step, "
-            f"{self.config.model} with {self.config.loss} loss)")
+        log(f"{result.summary_line()} ({self.backend_class.name}, {self.config.step} step)")
+        log(f"  --model {self.config.model} --loss {self.config.loss}")
         log(f"  all-epoch mean loss {result.all_epochs_mean_loss:.3f} (the chapter's printed "
             f"figure, 0.410 on PTB); last epoch {result.last_epoch_mean_loss:.3f}")
         log(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "
