@@ -289,3 +289,21 @@ def test_sweep_takes_comma_lists_of_models_and_losses(tmp_path, capsys):
     assert cells == set(COMBINATIONS)
     assert any(line.startswith("best by") and "--model" in line and "--loss" in line
                for line in printed.splitlines())
+
+
+def test_the_preflight_counts_the_inner_table_and_the_huffman_paths():
+    from common.config import TrainConfig
+    from common.preflight import Shape, estimate, huffman_depth_bound
+
+    shape = Shape(vocab_size=6719, tokens=887_521, longest_sentence=80, centres=400_000)
+    chapter = estimate(TrainConfig(), shape, fixed_shapes=True).items
+    hsoftmax = estimate(TrainConfig(model="cbow", loss="hsoftmax"), shape,
+                        fixed_shapes=True).items
+    inner = 6718 * 100 * 4
+    assert hsoftmax["tables"] == chapter["tables"] + inner
+    assert hsoftmax["optimizer state"] == chapter["optimizer state"] + 2 * inner
+    depth = huffman_depth_bound(887_521, 6719)
+    assert hsoftmax["huffman paths"] == 6719 * depth * 12
+    # The bound holds for PTB-like counts: the tree built from Zipf counts is no deeper.
+    counts = (887_521 / np.arange(1, 6720)).astype(np.int64) + 1
+    assert build_huffman(counts).depth <= huffman_depth_bound(int(counts.sum()), 6719)
