@@ -8,6 +8,7 @@ change only when the data pipeline's random stream or a combination's batches do
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,11 @@ EPOCH_LOSSES = {
 }
 # What float32 summation order moves across frameworks over 3,345 steps (as the chapter's).
 LOSS_TOLERANCE = 3e-4
+# `make test`'s budget (35 minutes on 2 cores) holds every backend on cbow + hsoftmax (the
+# issue's command) and tf, the quickest on these combinations, on all three; the other pairs
+# train the same code and pass the same parity tests on small data (tests/test_variants.py).
+# W2V_VARIANTS_PTB=all trains every (backend, combination) pair: about 40 minutes more.
+EVERY_PAIR = os.environ.get("W2V_VARIANTS_PTB", "") == "all"
 
 
 @pytest.mark.parametrize("model,loss", list(EPOCH_LOSSES))
@@ -32,6 +38,9 @@ def test_every_backend_lands_on_the_recorded_ptb_losses(backend_name, model, los
     if backend_name == "numpy" and tuple(map(int, np.__version__.split(".")[:2])) < (1, 25):
         pytest.skip("numpy's oracle runs PTB in the NumPy 2 environment (np.add.at is "
                     f"unbuffered in NumPy {np.__version__})")
+    if not EVERY_PAIR and (model, loss) != ("cbow", "hsoftmax") and backend_name != "tf":
+        pytest.skip("W2V_VARIANTS_PTB=all trains this pair on PTB (make test: cbow + "
+                    "hsoftmax on every backend, every combination on tf)")
     run = tmp_path / "run"
     code = main(["train", "--backend", backend_name, "--corpus", "ptb", "--data",
                  str(ptb_data), "--model", model, "--loss", loss, "--out", str(run),
