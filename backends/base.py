@@ -20,6 +20,23 @@ The optimisers (`optimizer=`), the same in every backend and step:
   lr sqrt(1 - beta2^t) / (1 - beta1^t) and eps added to the uncorrected sqrt(v).
 - sgd: word2vec's `w -= lr_t grad` on the touched rows (the others' gradient is 0).
 Row 0 (`<unk>`, which the pipeline never emits) is the padding row: no optimiser touches it.
+
+word2vec's other choices (`--model cbow`, `--loss hsoftmax`) are trained by each framework's
+`variants.py` (`VariantBackend`, host side in `backends/variant_base.py`) on batches that
+`common.variants.to_variant` makes from the chapter's. Batch shapes per combination, with B
+the batch size, W the largest window, K the noise words, D the Huffman tree's depth:
+
+    combination           inputs, input_masks   targets, masks, labels   tables
+    skipgram + negative   (B, 1) the centre     (B, L <= 2W(1+K))        centre, context
+    cbow + negative       (B, 2W) contexts      (B, 1+K) centre, noise   centre, context
+    skipgram + hsoftmax   (B, 1) the centre     (B, 2W*D) paths          + inner (V-1, E)
+    cbow + hsoftmax       (B, 2W) contexts      (B, D) the centre's path + inner (V-1, E)
+
+The input vector is the masked mean of the input rows (gensim's cbow_mean=1); the input
+table is the centre table for skip-gram and the context table for CBOW, the output table the
+context table, the centre table, or the inner table. Each example's loss is the mean BCE over
+its real output slots; the batch objective is their sum. Hierarchical softmax's labels are
+1 - code along the path (word2vec's), its inner table starts at zero.
 """
 from __future__ import annotations
 

@@ -125,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     analogy.add_argument("-k", type=int, default=3, help="answers to show (default: 3)")
     analogy.add_argument("--run", required=True, help="a run folder made by `w2v train`")
 
+    export = commands.add_parser("export", help="write a run's vectors: word2vec text format, "
+                                 "or vectors.tsv + metadata.tsv for the Embedding Projector")
+    export.add_argument("--run", required=True, help="a run folder made by `w2v train`")
+    export.add_argument("--format", default="word2vec", choices=("word2vec", "projector"),
+                        help="word2vec (default): one text file; projector: vectors.tsv and "
+                             "metadata.tsv, as TensorBoard's and the standalone Projector load")
+    export.add_argument("--out", default=None,
+                        help="word2vec: the file (default RUN/vectors.txt); projector: the "
+                             "folder (default RUN/projector)")
+    export.add_argument("--include-unk", action="store_true",
+                        help="projector: keep the <unk> row (left out by default)")
+
     from common.sweep import SORT_KEYS
 
     sweep = commands.add_parser("sweep", help="train a grid of settings in one backend and "
@@ -203,13 +215,46 @@ def command_similar(args: argparse.Namespace) -> int:
         return 0
     k = min(args.k, len(vocab) - 2)
     backend = backend_class(len(vocab), checkpoint.center.shape[1], device=args.device)
-    backend.set_params(Params(checkpoint.center, checkpoint.context))
+    # The exported, input-side table: the context table for CBOW.
+    table = checkpoint.context if config.model == "cbow" else checkpoint.center
+    backend.set_params(Params(table, checkpoint.context))
     top, sims = backend.similar(lookup(words, vocab.token_to_idx), k)
     for word, row_ids, row_sims in zip(words, top, sims):
         if len(words) > 1:
             print(f"{word}:")
         for line in format_similar(vocab.idx_to_token, row_ids, row_sims):
             print(line)
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """The input-side table of the run's checkpoint (the context table for CBOW)."""
+    from common import runs
+    from common.embeddings import export_projector, export_word2vec
+    from common.vocab import Vocab
+
+    run = runs.open_run(args.run)
+    config = runs.load_config(run)
+    vocab = Vocab.load(run / runs.VOCAB)
+    checkpoint = runs.load_checkpoint(run, vocab_digest=vocab.digest(),
+                                      shape=(len(vocab), config.embed_size))
+    table = checkpoint.context if config.model == "cbow" else checkpoint.center
+    if args.format == "word2vec":
+        if args.include_unk:
+            raise ConfigError("--include-unk is for --format projector (word2vec files leave "
+                              "<unk> out, as gensim reads them)")
+        out = Path(args.out) if args.out else run / runs.VECTORS
+        export_word2vec(out, vocab.idx_to_token, table)
+        print(f"wrote {out}")
+        return 0
+    out = Path(args.out) if args.out else run / "projector"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for --format projector")
+    for path in export_projector(out, vocab.idx_to_token, table,
+                                 include_unk=args.include_unk):
+        print(f"wrote {path}")
+    print("load them at https://projector.tensorflow.org (Load: vectors.tsv, then "
+          "metadata.tsv)")
     return 0
 
 
@@ -340,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             handler = {"train": command_train, "similar": command_similar,
                        "evaluate": command_evaluate, "analogy": command_analogy,
-                       "sweep": command_sweep, "backends": command_backends}[args.command]
+                       "sweep": command_sweep, "backends": command_backends,
+                       "export": command_export}[args.command]
             return handler(args)
     except W2VError as error:
         from common.parallel import ReplicaLost, is_launched_replica

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
+from common.variants import LOSSES, MODELS, combination_error
 
 SAMPLING_MODES = ("static", "resample")
 OPTIMIZERS = ("adam", "sparse_adam", "sgd")
@@ -84,6 +85,16 @@ class TrainConfig:
                        "touched rows only; sgd: word2vec's update on the touched rows",
                        choices=OPTIMIZERS),
     )
+    model: str = field(
+        default="skipgram",
+        metadata=_flag("skipgram: the centre predicts its contexts (chapter); cbow: the mean of "
+                       "the contexts predicts the centre", choices=MODELS),
+    )
+    loss: str = field(
+        default="negative",
+        metadata=_flag("negative: negative sampling (chapter); hsoftmax: hierarchical softmax "
+                       "over a Huffman tree", choices=LOSSES),
+    )
     step: str = field(
         default="fast",
         metadata=_flag("chapter: the chapter's code through the framework's own autodiff and "
@@ -136,10 +147,17 @@ class TrainConfig:
                               f"got {self.optimizer!r}")
         if self.step not in STEPS:
             raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {self.step!r}")
+        problem = combination_error(self.model, self.loss, self.optimizer)
+        if problem is not None:
+            raise ConfigError(problem)
         if self.data_parallel > 1 and self.optimizer != "adam":
             # The replicas' engines were proven equal to one replica with dense Adam only.
             raise ConfigError(f"--data-parallel {self.data_parallel} trains with --optimizer adam; "
                               f"--optimizer {self.optimizer} trains with --data-parallel 1")
+        if self.data_parallel > 1 and (self.model, self.loss) != ("skipgram", "negative"):
+            raise ConfigError(f"--data-parallel {self.data_parallel} trains --model skipgram "
+                              f"--loss negative; --model {self.model} --loss {self.loss} trains "
+                              f"with --data-parallel 1")
         from common.threads import check as check_threads
 
         check_threads(self.threads)

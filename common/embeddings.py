@@ -113,3 +113,26 @@ def load_word2vec(path: str | Path, *, binary: bool = False, words: Sequence[str
         raise DataError(f"{path} lacks {len(missing)} word(s) of the run's vocabulary (such as "
                         f"{missing[0]!r}): {advice}")
     return keyed
+
+
+PROJECTOR_VECTORS, PROJECTOR_METADATA = "vectors.tsv", "metadata.tsv"
+
+
+def export_projector(folder: str | Path, tokens: Sequence[str], vectors: np.ndarray, *,
+                     include_unk: bool = False) -> tuple[Path, Path]:
+    """Write the Embedding Projector's pair into `folder`: `vectors.tsv` (one row of E
+    tab-separated numbers per word) and `metadata.tsv` (the words, one per line, no header,
+    in the same order), as TensorFlow's word2vec tutorial does. `<unk>` is left out unless
+    `include_unk`. Each file is replaced atomically; returns their paths.
+    """
+    from common.io import write_text
+
+    keep = [i for i, token in enumerate(tokens) if include_unk or token != "<unk>"]
+    rows = np.asarray(vectors, dtype=np.float32)[keep]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["\t".join(f"{value:.7g}" for value in row) for row in rows.tolist()]
+    vectors_path = write_text(folder / PROJECTOR_VECTORS, "\n".join(lines) + "\n")
+    metadata_path = write_text(folder / PROJECTOR_METADATA,
+                               "\n".join(tokens[i] for i in keep) + "\n")
+    return vectors_path, metadata_path

@@ -24,6 +24,7 @@ import numpy as np
 from common.config import TrainConfig
 from common.errors import ResourceError
 from common.sampling import context_reach
+from common.variants import CHAPTER, output_width
 
 INT32, INT64, FLOAT32 = 4, 8, 4
 # Batches alive at once: the one training, and `batching.prefetch`'s queue of two.
@@ -87,6 +88,18 @@ def expected_centres(counts: np.ndarray, subsample_t: float, tokens: int) -> int
     return min(tokens, math.ceil(mean + 6 * math.sqrt(mean) + 64))
 
 
+def huffman_depth_bound(tokens: int, vocab_size: int) -> int:
+    """An upper bound on the Huffman tree's depth before it is built.
+
+    A Huffman path of length d needs a total count of at least Fibonacci(d + 2) times the
+    smallest count (>= 1), so d is at most the largest such d for `tokens`, and below V.
+    """
+    previous, current, depth = 1, 2, 0   # Fibonacci(2), Fibonacci(3)
+    while current <= max(tokens, 1) and depth < vocab_size - 1:
+        previous, current, depth = current, previous + current, depth + 1
+    return max(depth, 1)
+
+
 def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
              steps_per_call: int = 1) -> Estimate:
     """The bytes a run of `config` on a corpus of `shape` holds at its peak, per item.
@@ -101,6 +114,8 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
     - padded batch: ids, masks and labels of the batches in flight (`BATCHES_IN_FLIGHT`, and
       the `steps_per_call` a backend stacks into one call), plus the step's (B, L, E)
       gathered context rows and their gradient;
+    - for CBOW or hierarchical softmax: the third table (V-1, E) with its gradient and
+      moments, the Huffman paths (V, D), and the combination's batch and gathered rows;
     - epoch arrays: the streaming pipeline's plan, and an epoch's pre-drawn rows when it is
       small enough to be drawn whole (`examples_bytes`).
     """
@@ -117,11 +132,27 @@ def estimate(config: TrainConfig, shape: Shape, *, fixed_shapes: bool,
     else:
         items["gradients"] = 2 * table
     items["optimizer state"] = 0 if config.optimizer == "sgd" else 4 * table
+    if config.loss == "hsoftmax":  # the V-1 inner nodes: table, gradient, Adam's moments
+        inner = (vocab - 1) * embed * FLOAT32
+        for item, copies in (("tables", 1), ("gradients", 1),
+                             ("optimizer state", 0 if config.optimizer == "sgd" else 2)):
+            items[item] += copies * inner
     items["transient copies"] = items["tables"] + items["gradients"] + items["optimizer state"]
     batch_ids = rows * (INT32 + width * (INT32 + FLOAT32 + FLOAT32))
     in_flight = BATCHES_IN_FLIGHT + 2 * (steps_per_call - 1)  # a group, and its stacked copy
     items["padded batch"] = (in_flight * batch_ids + 2 * rows * width * embed * FLOAT32
                              + drawing_bytes(config, rows, shape.longest_sentence))
+    if (config.model, config.loss) != CHAPTER:
+        depth = huffman_depth_bound(shape.tokens, vocab)
+        if config.loss == "hsoftmax":  # each word's padded path, codes and mask
+            items["huffman paths"] = vocab * depth * (INT32 + 2 * FLOAT32)
+        slots = output_width(config.model, config.loss, max_window=reach,
+                             num_noise=config.num_noise_words, depth=depth)
+        # The combination's batch (made from the chapter's, which stays above) and its
+        # step's gathered output rows and their gradient.
+        items["padded batch"] += rows * (2 * reach * (INT32 + FLOAT32)
+                                         + slots * (INT32 + 2 * FLOAT32)) \
+            + 2 * rows * slots * embed * FLOAT32
     items["epoch arrays"] = examples_bytes(config, shape.centres, shape.longest_sentence, vocab,
                                            shape.tokens)
     return Estimate(items)

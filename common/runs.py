@@ -47,6 +47,8 @@ CHECKPOINT_FORMAT = 3
 EPOCH_BOUNDARY_FORMATS = (2,)
 _ARRAYS = ("center", "context", "exp_avg_center", "exp_avg_context", "exp_avg_sq_center",
            "exp_avg_sq_context")
+# Hierarchical softmax's third table (V-1, E) and its Adam moments: present only then.
+_INNER = ("inner", "exp_avg_inner", "exp_avg_sq_inner")
 
 
 class Checkpoint(NamedTuple):
@@ -67,6 +69,7 @@ class Checkpoint(NamedTuple):
     # The optimiser that wrote it; "" in checkpoints from before `--optimizer sgd`, which
     # hold (V, E) moments (adam or sparse_adam).
     optimizer: str = ""
+    inner: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # table, exp_avg, exp_avg_sq
 
     @property
     def epochs_done(self) -> int:
@@ -77,7 +80,10 @@ class Checkpoint(NamedTuple):
         return self.training.get("position", {"epoch": self.epochs_done, "batch": 0})
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return dict(zip(_ARRAYS, (self.center, self.context, *self.exp_avg, *self.exp_avg_sq)))
+        arrays = dict(zip(_ARRAYS, (self.center, self.context, *self.exp_avg, *self.exp_avg_sq)))
+        if self.inner is not None:
+            arrays.update(zip(_INNER, self.inner))
+        return arrays
 
 
 def prepare_output(out: str | Path, *, overwrite: bool) -> tuple[Path, bool]:
@@ -254,7 +260,7 @@ def save_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
 def _digest(arrays: dict[str, np.ndarray], meta: str) -> str:
     """sha256 over every array's name, dtype, shape and bytes, then the metadata."""
     digest = hashlib.sha256()
-    for name in _ARRAYS:
+    for name in (*_ARRAYS, *(name for name in _INNER if name in arrays)):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
         digest.update(array.tobytes())
@@ -286,6 +292,7 @@ def _check_members(path: Path) -> None:
     expected = {name + ".npy" for name in (*_ARRAYS, "format", "meta", "sha256")}
     with zipfile.ZipFile(path) as archive:
         infos = {info.filename: info for info in archive.infolist()}
+        expected |= {name + ".npy" for name in _INNER if name + ".npy" in infos}
         missing = sorted(expected - set(infos))
         if missing:
             raise KeyError(missing[0])
@@ -331,6 +338,7 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
                 raise DataError(f"{path} has the old format {version} (this version reads "
                                 f"{CHECKPOINT_FORMAT}): {advice}")
             arrays = {name: stored[name] for name in _ARRAYS}
+            inner = {name: stored[name] for name in _INNER if name in stored.files}
             meta_text = str(stored["meta"])
             checksum = str(stored["sha256"])
     except DataError:
@@ -342,7 +350,7 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
         # NotImplementedError: zipfile's word for a damaged "version needed" or method field.
         raise DataError(f"{path} is corrupt or truncated ({type(error).__name__}): "
                         f"{advice}") from None
-    if _digest(arrays, meta_text) != checksum:
+    if _digest({**arrays, **inner}, meta_text) != checksum:
         raise DataError(f"{path} fails its checksum (changed after it was written): {advice}")
     # Past the checksum the file is as some version of w2v-multi wrote it; an older or buggy
     # one may still have written nonsense, which must not reach the training loop.
@@ -368,6 +376,10 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
                    f"{'(0, E)' if optimizer == 'sgd' else 'of the same shape'}: "
                    + ", ".join(f"{name} {array.dtype}{list(array.shape)}"
                                for name, array in arrays.items()))
+    elif inner and (set(inner) != set(_INNER) or any(
+            array.dtype != np.float32 or array.shape != (table_shape[0] - 1, table_shape[1])
+            for array in inner.values())):
+        problem = "its inner-node tables are not three float32 (V-1, E) arrays"
     elif meta.get("format") != version or meta.get("shape") != list(table_shape):
         problem = "its metadata disagrees with its tables or its format"
     elif isinstance(meta.get("adam_step"), bool) or not isinstance(meta.get("adam_step"), int) \
@@ -382,7 +394,8 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
     checkpoint = Checkpoint(arrays["center"], arrays["context"], int(meta["adam_step"]),
                             (arrays["exp_avg_center"], arrays["exp_avg_context"]),
                             (arrays["exp_avg_sq_center"], arrays["exp_avg_sq_context"]),
-                            meta["training"], meta.get("vocab_digest", ""), version, optimizer)
+                            meta["training"], meta.get("vocab_digest", ""), version, optimizer,
+                            tuple(inner[name] for name in _INNER) if inner else None)
     if shape is not None and tuple(table_shape) != tuple(shape):
         raise DataError(f"{path} holds {table_shape[0]} words x {table_shape[1]} dimensions, "
                         f"but {run / CONFIG} and {run / VOCAB} say {shape[0]} x {shape[1]}: "

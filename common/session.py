@@ -23,6 +23,7 @@ from common import parallel, runs
 from common.config import TrainConfig
 from common.errors import ConfigError, DataError, Interrupted, Stopped
 from common.training import EpochReport, TrainResult, train
+from common.variants import CHAPTER
 
 # A fault-injection hook for the tests (and for trying the feature by hand): after this many
 # batches trained in this process, the run sends itself W2V_INTERRUPT_SIGNAL (default SIGINT),
@@ -58,6 +59,28 @@ class TrainOutcome:
     result: TrainResult
     evaluation: dict[str, Any] | None = None
     valid_losses: list[float] = field(default_factory=list)
+
+
+def make_backend(backend_class: Any, config: TrainConfig, counts: np.ndarray) -> Any:
+    """The backend that trains `config`: the chapter's combination with `backend_class`
+    itself, the others with its framework's `variants.VariantBackend` (both steps run that
+    one autodiff step there, so `--step` gives the same figures)."""
+    options = dict(lr=config.learning_rate, device=config.device, seed=config.seed,
+                   optimizer=config.optimizer, step=config.step)
+    if (config.model, config.loss) == CHAPTER:  # one replica, or the framework's engine
+        return parallel.make_backend(backend_class, config, len(counts))
+    import importlib
+
+    variants = importlib.import_module(f"backends.{backend_class.name}.variants")
+    return variants.VariantBackend(len(counts), config.embed_size, model=config.model,
+                                   loss=config.loss, max_window=config.max_window_size,
+                                   num_noise=config.num_noise_words, counts=counts, **options)
+
+
+def export_table(backend: Any, model: str) -> np.ndarray:
+    """The input-side table, the vectors a run exports: the context table for CBOW."""
+    params = backend.get_params()
+    return params.context if model == "cbow" else params.center
 
 
 def resolve_backend(name: str, device: str, threads: int = 0, replicas: int = 1) -> Any:
@@ -153,7 +176,7 @@ class _Session:
         log(f"corpus {self.data.corpus_name}: {self.data.num_sentences:,} sentences, "
             f"vocabulary {len(self.vocab):,}, {self.data.num_examples(0):,} centre words per "
             f"epoch ({config.sampling} sampling)")
-        self.backend = make_backend(self.backend_class, config, len(self.vocab))
+        self.backend = make_backend(self.backend_class, config, self.vocab.counts)
         # Over all epochs as configured: `--resume --epochs N` stretches what is left of it.
         self.backend.set_lr_schedule(config.schedule,
                                      config.epochs * self.data.num_batches(0))
@@ -177,13 +200,18 @@ class _Session:
     def save_checkpoint(self, result: TrainResult) -> None:
         params = self.backend.get_params()
         state = self.backend.optimizer_state()
+        inner = None
+        if self.config.loss == "hsoftmax":  # the third table and its moments
+            tables = self.backend.optimizer_tables()
+            inner = (self.backend.get_tables()["inner"], tables.exp_avg["inner"],
+                     tables.exp_avg_sq["inner"])
         runs.save_checkpoint(self.run, runs.Checkpoint(
             params.center, params.context, state.step, tuple(state.exp_avg),
             tuple(state.exp_avg_sq),
             # The step that trained it, for the record: both keep the same state, so a resume
             # may continue with either.
             dict(result.state_dict(), valid_losses=self.valid_losses, step=self.config.step),
-            self.vocab.digest(), optimizer=self.config.optimizer))
+            self.vocab.digest(), optimizer=self.config.optimizer, inner=inner))
 
     def restore(self, checkpoint: runs.Checkpoint) -> TrainResult:
         from backends.base import AdamState, Params
@@ -192,6 +220,18 @@ class _Session:
         self.backend.load_optimizer_state(AdamState(checkpoint.adam_step,
                                                     Params(*checkpoint.exp_avg),
                                                     Params(*checkpoint.exp_avg_sq)))
+        if self.config.loss == "hsoftmax":
+            from backends.variant_base import VariantState
+
+            if checkpoint.inner is None:
+                raise DataError(f"{self.run / runs.CHECKPOINT} has no inner-node table, which "
+                                f"--loss hsoftmax needs: it belongs to another run")
+            tables = self.backend.get_tables()
+            state = self.backend.optimizer_tables()
+            tables["inner"], state.exp_avg["inner"], state.exp_avg_sq["inner"] = checkpoint.inner
+            self.backend.set_tables(tables)  # resets the optimiser: load its state after
+            self.backend.load_optimizer_tables(VariantState(checkpoint.adam_step,
+                                                            state.exp_avg, state.exp_avg_sq))
         self.valid_losses = list(checkpoint.training.get("valid_losses", []))
         return TrainResult.from_state_dict(checkpoint.training)
 
@@ -270,16 +310,18 @@ class _Session:
 
         if not self.writer:
             return TrainOutcome(self.run, self.config, self.vocab, self.backend, result)
-        params = self.backend.get_params()
-        keyed = export_word2vec(self.run / runs.VECTORS, self.vocab.idx_to_token, params.center)
+        keyed = export_word2vec(self.run / runs.VECTORS, self.vocab.idx_to_token,
+                                export_table(self.backend, self.config.model))
         report = result.to_dict()
         report.update(backend=self.backend_class.name, step=self.config.step,
+                      model=self.config.model, loss=self.config.loss,
                       corpus=self.data.corpus_name,
                       framework_version=self.backend_class.version(),
                       valid_losses=self.valid_losses)
         runs.save_report(self.run, report)
         log = self.log
         log(f"{result.summary_line()} ({self.backend_class.name}, {self.config.step} step)")
+        log(f"  --model {self.config.model} --loss {self.config.loss}")
         log(f"  all-epoch mean loss {result.all_epochs_mean_loss:.3f} (the chapter's printed "
             f"figure, 0.410 on PTB); last epoch {result.last_epoch_mean_loss:.3f}")
         log(f"  {result.words_per_second:,.1f} centre words/s over {result.seconds:.1f} s; the "

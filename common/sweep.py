@@ -336,7 +336,9 @@ def summary(rows: list[dict[str, Any]], sort: str) -> list[str]:
     chapter = next((row for row in rows if row["chapter"]), None)
     if best is None:
         return [f"no point has a {sort} figure"]
-    lines = [f"best by {sort}: {best['point']}"]
+    config = best["config"]
+    lines = [f"best by {sort}: {best['point']} (--model {config.get('model', 'skipgram')} "
+             f"--loss {config.get('loss', 'negative')})"]
     if chapter is not None and chapter is not best:
         lines.append(
             f"  against the chapter's defaults: WordSim353 {_format(best['wordsim353'], 3)} vs "

@@ -1,0 +1,124 @@
+"""word2vec's four combinations in JAX: pure functions of a parameter pytree, CBOW's context
+mean, hierarchical softmax's inner-node table, `jax.value_and_grad` and Optax's Adam in one
+`jax.jit`-compiled step.
+
+The shapes and the objective are `common.variants'`; the oracle is
+`backends/numpy/variants.py`. Both steps run this autodiff step (no tuned one).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from backends.jax.backend import JaxBackend, adam, adam_moments
+from backends.variant_base import VariantMixin, VariantState
+from common.variants import VariantBatch, input_table, output_table
+
+Tables = dict[str, jax.Array]
+
+
+def context_mean(vectors: jax.Array, masks: jax.Array) -> jax.Array:
+    """(B, C, E) input rows, (B, C) masks -> (B, E) their masked mean (cbow_mean=1)."""
+    count = jnp.maximum(masks.sum(axis=1, keepdims=True), 1)
+    return (vectors * masks[:, :, None]).sum(axis=1) / count
+
+
+def slot_mean_bce(logits: jax.Array, labels: jax.Array, masks: jax.Array) -> jax.Array:
+    """(B, L) -> (B,): each example's mean sigmoid BCE over its real slots."""
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+    return (masks * bce).sum(axis=1) / jnp.maximum(masks.sum(axis=1), 1)
+
+
+def objective(params: Tables, batch: VariantBatch, model: str, loss: str) -> jax.Array:
+    """The batch objective: the sum of each example's mean over its real slots."""
+    inputs, input_masks, targets, masks, labels = batch
+    h = context_mean(params[input_table(model)][inputs], input_masks)            # (B, E)
+    u = params[output_table(model, loss)][targets]                               # (B, L, E)
+    return slot_mean_bce(jnp.einsum("ble,be->bl", u, h), labels, masks).sum()
+
+
+def _to_host(tables: Tables) -> dict[str, np.ndarray]:
+    """Parameters, gradients or an Adam moment -> host copies by name."""
+    return {name: np.array(table, np.float32) for name, table in tables.items()}
+
+
+class VariantBackend(VariantMixin, JaxBackend):
+    """The four combinations through `jax.value_and_grad` and `optax.adam`."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
+                 max_window: int, num_noise: int, counts: np.ndarray | None = None,
+                 tree: Any = None, **options: Any) -> None:
+        from backends.base import Backend
+
+        Backend.__init__(self, vocab_size, embed_size, **options)
+        kind, index = self.check_device(self.device)
+        self.jax_device = jax.devices(kind)[index]
+        self.setup_variant(model, loss, max_window=max_window, num_noise=num_noise,
+                           counts=counts, tree=tree)
+        self._optimizer = adam()
+        loss_of = functools.partial(objective, model=model, loss=loss)
+        gradients = jax.value_and_grad(loss_of)
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(params: Tables, opt_state: Any, batch: VariantBatch,
+                 lr: jax.Array) -> tuple[Tables, Any, jax.Array]:
+            value, grads = gradients(params, batch)
+            opt_state.hyperparams["learning_rate"] = lr
+            updates, opt_state = self._optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, value
+
+        self._step, self._gradients, self._eval = step, jax.jit(gradients), jax.jit(loss_of)
+        self.init_params(self.seed)
+
+    def _device_batch(self, batch: VariantBatch) -> VariantBatch:
+        return VariantBatch(*(jax.device_put(np.asarray(array, dtype), self.jax_device)
+                              for array, dtype in zip(batch, (np.int32, np.float32, np.int32,
+                                                              np.float32, np.float32))))
+
+    def _put(self, tables: dict[str, np.ndarray]) -> Tables:
+        return {name: jax.device_put(np.array(tables[name], np.float32), self.jax_device)
+                for name in self.table_names}
+
+    def get_tables(self) -> dict[str, np.ndarray]:
+        return _to_host(self._params)
+
+    def set_tables(self, tables: dict[str, np.ndarray]) -> None:
+        self.check_tables(tables, "parameter table")
+        self._params = self._put(tables)
+        self._opt_state = self._optimizer.init(self._params)
+        self.adam_steps = 0
+
+    def optimizer_tables(self) -> VariantState:
+        moments = adam_moments(self._opt_state)
+        return VariantState(int(moments.count), _to_host(moments.mu), _to_host(moments.nu))
+
+    def load_optimizer_tables(self, state: VariantState) -> None:
+        for moments in (state.exp_avg, state.exp_avg_sq):
+            self.check_tables(moments, "optimizer state")
+
+        def count() -> jax.Array:
+            return jax.device_put(np.int32(state.step), self.jax_device)
+
+        fresh = self._optimizer.init(self._params)
+        moments = adam_moments(fresh)._replace(count=count(), mu=self._put(state.exp_avg),
+                                               nu=self._put(state.exp_avg_sq))
+        self._opt_state = fresh._replace(count=count(),
+                                         inner_state=(moments, *fresh.inner_state[1:]))
+        self.adam_steps = int(state.step)
+
+    def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
+        value, grads = self._gradients(self._params, self._device_batch(batch))
+        return float(value), {name: np.array(grad) for name, grad in grads.items()}
+
+    def variant_eval(self, batch: VariantBatch) -> jax.Array:
+        return self._eval(self._params, self._device_batch(batch))
+
+    def variant_step(self, batch: VariantBatch, lr: float) -> jax.Array:
+        self._params, self._opt_state, value = self._step(
+            self._params, self._opt_state, self._device_batch(batch), np.float32(lr))
+        return value

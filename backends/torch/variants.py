@@ -1,0 +1,137 @@
+"""word2vec's four combinations in PyTorch: `nn.Embedding` tables, CBOW's context mean,
+hierarchical softmax's inner-node table, trained by autograd and `torch.optim.Adam`.
+
+The shapes and the objective are `common.variants`'; the oracle is
+`backends/numpy/variants.py`. Both steps run this autodiff step (no tuned one).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backends.base import ADAM_BETAS, ADAM_EPS
+from backends.torch.backend import TorchBackend
+from backends.variant_base import VariantMixin, VariantState
+from common.variants import VariantBatch, input_table, output_table
+
+
+def context_mean(vectors: Tensor, masks: Tensor) -> Tensor:
+    """(B, C, E) input rows, (B, C) masks -> (B, E) their masked mean (cbow_mean=1)."""
+    count = masks.sum(dim=1, keepdim=True).clamp(min=1)
+    return (vectors * masks.unsqueeze(2)).sum(dim=1) / count
+
+
+def slot_mean_bce(logits: Tensor, labels: Tensor, masks: Tensor) -> Tensor:
+    """(B, L) -> (B,): each example's mean sigmoid BCE over its real slots."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels, weight=masks, reduction="none")
+    return bce.sum(dim=1) / masks.sum(dim=1).clamp(min=1)
+
+
+class Word2VecVariant(nn.Module):
+    """The centre and context tables, and for hierarchical softmax the V-1 inner nodes."""
+
+    def __init__(self, vocab_size: int, embed_size: int, model: str, loss: str) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.center = nn.Embedding(vocab_size, embed_size)
+        self.context = nn.Embedding(vocab_size, embed_size)
+        if loss == "hsoftmax":
+            self.inner = nn.Embedding(vocab_size - 1, embed_size)
+            nn.init.zeros_(self.inner.weight)  # word2vec starts its syn1 at zero
+
+    def forward(self, inputs: Tensor, input_masks: Tensor, targets: Tensor) -> Tensor:
+        """(B, C), (B, C), (B, L) -> (B, L) logits of the input mean against the targets."""
+        h = context_mean(getattr(self, input_table(self.model))(inputs), input_masks)
+        u = getattr(self, output_table(self.model, self.loss))(targets)          # (B, L, E)
+        return torch.bmm(u, h.unsqueeze(2)).squeeze(2)
+
+    def objective(self, inputs: Tensor, input_masks: Tensor, targets: Tensor, masks: Tensor,
+                  labels: Tensor) -> Tensor:
+        """The batch objective: the sum of each example's mean over its real slots."""
+        return slot_mean_bce(self(inputs, input_masks, targets), labels, masks).sum()
+
+
+class VariantBackend(VariantMixin, TorchBackend):
+    """The four combinations through autograd and `torch.optim.Adam`."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
+                 max_window: int, num_noise: int, counts: np.ndarray | None = None,
+                 tree: Any = None, **options: Any) -> None:
+        from backends.base import Backend
+
+        Backend.__init__(self, vocab_size, embed_size, **options)
+        kind, index = self.check_device(self.device)
+        self.torch_device = torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
+        self.setup_variant(model, loss, max_window=max_window, num_noise=num_noise,
+                           counts=counts, tree=tree)
+        self.net = Word2VecVariant(vocab_size, embed_size, model, loss).to(self.torch_device)
+        self.init_params(self.seed)
+
+    def _weights(self) -> dict[str, Tensor]:
+        return {name: getattr(self.net, name).weight for name in self.table_names}
+
+    def _tensors(self, batch: VariantBatch) -> list[Tensor]:
+        return [torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(self.torch_device)
+                for array, dtype in zip(batch, (np.int64, np.float32, np.int64, np.float32,
+                                                np.float32))]
+
+    def get_tables(self) -> dict[str, np.ndarray]:
+        return {name: weight.detach().cpu().numpy().copy()
+                for name, weight in self._weights().items()}
+
+    def set_tables(self, tables: dict[str, np.ndarray]) -> None:
+        self.check_tables(tables, "parameter table")
+        with torch.no_grad():
+            for name, weight in self._weights().items():
+                weight.copy_(torch.from_numpy(np.asarray(tables[name], np.float32)))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=ADAM_BETAS,
+                                          eps=ADAM_EPS)
+        self.adam_steps = 0
+
+    def optimizer_tables(self) -> VariantState:
+        moments: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+        for name, weight in self._weights().items():
+            state = self.optimizer.state.get(weight, {})
+            for kind, out in zip(("exp_avg", "exp_avg_sq"), moments):
+                out[name] = state[kind].cpu().numpy().copy() if state else \
+                    np.zeros(tuple(weight.shape), np.float32)
+        return VariantState(self.adam_steps, *moments)
+
+    def load_optimizer_tables(self, state: VariantState) -> None:
+        for moments in (state.exp_avg, state.exp_avg_sq):
+            self.check_tables(moments, "optimizer state")
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=ADAM_BETAS,
+                                          eps=ADAM_EPS)
+        for name, weight in self._weights().items():
+            self.optimizer.state[weight] = {
+                "step": torch.tensor(float(state.step)),
+                "exp_avg": torch.tensor(np.asarray(state.exp_avg[name], np.float32),
+                                        device=self.torch_device),
+                "exp_avg_sq": torch.tensor(np.asarray(state.exp_avg_sq[name], np.float32),
+                                           device=self.torch_device)}
+        self.adam_steps = int(state.step)
+
+    def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
+        weights = self._weights()
+        loss = self.net.objective(*self._tensors(batch))
+        # Hierarchical softmax leaves one of the pair out of the graph: its gradient is 0.
+        grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True,
+                                    materialize_grads=True)
+        return float(loss), {name: grad.cpu().numpy() for name, grad in zip(weights, grads)}
+
+    @torch.no_grad()
+    def variant_eval(self, batch: VariantBatch) -> Tensor:
+        return self.net.objective(*self._tensors(batch))
+
+    def variant_step(self, batch: VariantBatch, lr: float) -> Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.net.objective(*self._tensors(batch))
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()

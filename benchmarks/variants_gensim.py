@@ -1,0 +1,122 @@
+"""The four word2vec combinations against gensim's four (sg x hs) on PTB: quality and time.
+
+    python -m benchmarks.variants_gensim --data /path/to/ptb.zip --epochs 5 20 --seeds 0 \
+        [--backend torch] [--workers 1] [--out FILE]
+
+Same sentences (PTB's training split, `<unk>` removed for gensim, as `benchmarks.peer`), same
+settings: window 5, 5 noise words (negative sampling) or the Huffman tree (hierarchical
+softmax, gensim `hs=1, negative=0`), t = 1e-4, min_count 10, 100 dimensions, CBOW's context
+mean (gensim's default `cbow_mean=1`). Ours trains with the chapter's Adam (lr 0.002, batch
+512); gensim with its own SGD (0.025 decaying linearly, one example at a time). Each row:
+WordSim353 and SimLex-999 Spearman rho, analogy accuracy (`common.evaluate`) and the seconds
+of training alone (gensim's `train()`, our epochs), as the mean over the seeds given.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import machine, peer
+
+COMBINATIONS = list(itertools.product(("skipgram", "cbow"), ("negative", "hsoftmax")))
+JSONL = machine.RESULTS / "variants_gensim.jsonl"
+METRICS = ("wordsim353", "simlex999", "analogies", "seconds")
+
+
+def _scores(evaluation: dict[str, Any]) -> dict[str, float]:
+    return {"wordsim353": evaluation["wordsim353"]["spearman"],
+            "simlex999": evaluation["simlex999"]["spearman"],
+            "analogies": evaluation["analogies"]["accuracy"]}
+
+
+def ours(model: str, loss: str, *, data: str | None, epochs: int, seed: int,
+         backend: str) -> dict[str, Any]:
+    """One `w2v train` of (`model`, `loss`) on PTB, scored as `w2v evaluate` scores."""
+    from common.config import TrainConfig
+    from common.session import train_run
+
+    config = TrainConfig(backend=backend, corpus="ptb", data=data, epochs=epochs, seed=seed,
+                         model=model, loss=loss)  # both steps: the same figures
+    with tempfile.TemporaryDirectory(prefix="w2v-variants-") as folder:
+        outcome = train_run(config, Path(folder) / "run", log=lambda line: None,
+                            progress=False)
+    return {"who": f"w2v {backend}", "model": model, "loss": loss, "epochs": epochs,
+            "seed": seed, "seconds": outcome.result.seconds,
+            "epoch_losses": [report.mean_loss for report in outcome.result.epochs],
+            **_scores(outcome.evaluation)}
+
+
+def gensim(model: str, loss: str, sentences: list[list[str]], *, epochs: int, seed: int,
+           workers: int) -> dict[str, Any]:
+    """gensim's Word2Vec with the same choice: sg = skip-gram, hs = hierarchical softmax."""
+    from common.evaluate import evaluate
+
+    hsoftmax = loss == "hsoftmax"
+    result = peer.train_gensim(sentences, workers=workers, epochs=epochs, seed=seed,
+                               sg=int(model == "skipgram"), hs=int(hsoftmax),
+                               negative=0 if hsoftmax else 5)
+    return {"who": f"gensim {result.gensim_version}", "model": model, "loss": loss,
+            "epochs": epochs, "seed": seed, "seconds": result.train_seconds,
+            "workers": workers, **_scores(evaluate(result.keyed))}
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one line per (epochs, combination), ours beside gensim's, seed means."""
+    lines = ["| epochs | model | loss | seeds | w2v WS353 | gensim WS353 | w2v SimLex | "
+             "gensim SimLex | w2v analogies | gensim analogies | w2v s | gensim s |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    keys = sorted({(row["epochs"], row["model"], row["loss"]) for row in rows},
+                  key=lambda key: (key[0], COMBINATIONS.index(key[1:])))
+    for epochs, model, loss in keys:
+        chosen = [row for row in rows if (row["epochs"], row["model"], row["loss"]) ==
+                  (epochs, model, loss)]
+        mine = [row for row in chosen if row["who"].startswith("w2v")]
+        theirs = [row for row in chosen if row["who"].startswith("gensim")]
+
+        def mean(group: list[dict[str, Any]], metric: str, digits: int) -> str:
+            values = [row[metric] for row in group]
+            return f"{statistics.fmean(values):.{digits}f}" if values else "-"
+
+        cells = [str(epochs), model, loss, str(len(mine))]
+        for metric, digits in (("wordsim353", 3), ("simlex999", 3), ("analogies", 3),
+                               ("seconds", 1)):
+            cells += [mean(mine, metric, digits), mean(theirs, metric, digits)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+@machine.script("variants_gensim")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=None, help="ptb.zip (default: env W2V_PTB)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[5, 20])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--workers", type=int, default=1, help="gensim's threads")
+    parser.add_argument("--combinations", nargs="+", default=None,
+                        help="MODEL-LOSS pairs to run (default: all four)")
+    parser.add_argument("--out", type=Path, default=JSONL)
+    args = parser.parse_args(argv)
+    chosen = [tuple(text.split("-")) for text in args.combinations] if args.combinations \
+        else COMBINATIONS
+    sentences = peer.ptb_sentences(args.data)
+    rows = []
+    for epochs, seed, (model, loss) in itertools.product(args.epochs, args.seeds, chosen):
+        for row in (ours(model, loss, data=args.data, epochs=epochs, seed=seed,
+                         backend=args.backend),
+                    gensim(model, loss, sentences, epochs=epochs, seed=seed,
+                           workers=args.workers)):
+            rows.append(machine.stamp(row))
+            print(json.dumps(row), flush=True)
+            machine.append_jsonl(args.out, rows[-1])
+    print("\n".join(table(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
