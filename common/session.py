@@ -158,7 +158,6 @@ class _Session:
     def __init__(self, config: TrainConfig, run: Path, backend_class: Any, *,
                  log: Callable[[str], None], progress: bool | None, writer: bool = True) -> None:
         from common.data import prepare_training_data
-        from common.parallel import make_backend
 
         # Only one replica of a data-parallel run (rank 0) speaks and writes the run folder.
         self.writer = writer

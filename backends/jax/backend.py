@@ -122,6 +122,9 @@ class JaxBackend(Backend):
     framework: ClassVar[str] = "jax"
     fixed_shapes: ClassVar[bool] = True  # jit compiles one program per input shape
     data_parallel: ClassVar[str] = "devices"  # distributed.py: a Mesh, the batch sharded
+    # The sparse optimisers' state (None with adam); a class default so that subclasses with
+    # their own tables (variants.py) synchronise without one.
+    _row_state: Any = None
 
     def __init__(self, vocab_size: int, embed_size: int, *, lr: float = 0.002,
                  device: str = "cpu", seed: int = 0, optimizer: str = "adam",
