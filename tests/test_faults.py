@@ -474,7 +474,7 @@ DAMAGED_FILES = [
      RESUME, "its Adam step is -3"),
     ("checkpoint: a 3-D table", lambda run: _rewrite_checkpoint(
         run, center=runs.load_checkpoint(run).center[:, :, None]), SIMILAR,
-     "not six float32 (V, E) arrays of one shape"),
+     "not two float32 (V, E) arrays and four moments"),
     ("checkpoint: an absurd array header", _absurd_npz_header, RESUME,
      "is corrupt or truncated"),
     ("checkpoint: a format version of 7", lambda run: _rewrite_checkpoint_format(run, 7),
