@@ -47,6 +47,19 @@ def test_every_step_discloses_its_work_and_counts_its_slots(backend_name, step):
     assert backend.slots_computed(batch) == expected
 
 
+@pytest.mark.parametrize("optimizer", ["sparse_adam", "sgd"])
+def test_a_sparse_optimisers_disclosure_names_it_not_dense_adam(backend_name, step, optimizer):
+    backend = backends.load(backend_name)(VOCAB, 4, step=step, optimizer=optimizer)
+    work = backend.work()
+    named = {"sparse_adam": ("sparse_adam", "SparseAdam"), "sgd": ("sgd", "SGD")}[optimizer]
+    assert any(name in work.compiled for name in named), work.compiled
+    if optimizer == "sgd":
+        assert "Adam" not in work.compiled, work.compiled
+    assert work.native_code == "none"  # the native operators serve dense Adam only
+    batch = make_batch(np.random.default_rng(0), batch_size=12)
+    assert backend.slots_computed(batch) in (batch.masks.size, int(np.count_nonzero(batch.masks)))
+
+
 def test_the_chapter_step_is_the_same_padded_work_one_step_per_call_everywhere(backend_name):
     work = backends.load(backend_name)(VOCAB, 4, step="chapter").work()
     assert (work.slots, work.native_code, work.steps_per_call) == (PADDED, "none", 1)

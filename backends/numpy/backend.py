@@ -52,9 +52,9 @@ class NumpyBackend(Backend):
 
     # -- disclosure -------------------------------------------------------------------------
     def work(self) -> Work:
-        if self.step == "chapter":
-            return Work(PADDED, "none", 1, "eager NumPy, gradient by hand, np.add.at scatter")
-        return Work(PADDED, "none", 1, "eager NumPy, gradient by hand, sorted scatter")
+        scatter = "np.add.at scatter" if self.step == "chapter" else "sorted scatter"
+        update = "" if self.optimizer == "adam" else f", {self.optimizer} on the touched rows"
+        return Work(PADDED, "none", 1, f"eager NumPy, gradient by hand, {scatter}{update}")
 
     # -- arrays ---------------------------------------------------------------------------
     def asarray(self, x: np.ndarray) -> np.ndarray:
