@@ -276,3 +276,16 @@ def test_the_replicas_benchmark_puts_n_beside_one_replica():
     table = render(rows)
     assert table[2] == "| torch | fast | 1 | 120,000 | 1.00x | 0 | 0.4272 |"
     assert table[3] == "| torch | fast | 2 | 30,000 | 0.25x | 5.1 MiB (5,375,200) | 0.4272 |"
+
+
+@pytest.mark.parametrize("settings, works", [
+    (dict(optimizer="sgd"), "--optimizer sgd trains with --data-parallel 1"),
+    (dict(optimizer="sparse_adam"), "--optimizer sparse_adam trains with --data-parallel 1"),
+    (dict(model="cbow"), "--model cbow --loss negative trains with --data-parallel 1"),
+    (dict(loss="hsoftmax"), "--model skipgram --loss hsoftmax trains with --data-parallel 1"),
+])
+def test_replicas_refuse_what_no_parity_test_covers_naming_what_works(settings, works):
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(data_parallel=2, **settings).validate()
+    assert works in str(caught.value) and "\n" not in str(caught.value)
+    TrainConfig(data_parallel=1, **settings).validate()  # one replica trains them
