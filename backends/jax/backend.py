@@ -53,6 +53,19 @@ def adam_moments(opt_state: Any) -> optax.ScaleByAdamState:
     return opt_state.inner_state[0]
 
 
+def adam_state_at(optimizer: optax.GradientTransformation, params: Any, step: int, mu: Any,
+                  nu: Any, device: jax.Device) -> Any:
+    """`adam()`'s state after `step` steps with moments `mu`, `nu` (device pytrees shaped as
+    `params`). Both counts, Adam's (its bias correction) and inject_hyperparams' (unused
+    here), get their own buffer, since the step donates each."""
+    def count() -> jax.Array:
+        return jax.device_put(np.int32(step), device)
+
+    fresh = optimizer.init(params)
+    moments = adam_moments(fresh)._replace(count=count(), mu=mu, nu=nu)
+    return fresh._replace(count=count(), inner_state=(moments, *fresh.inner_state[1:]))
+
+
 def tables(center: Any, context: Any) -> Tables:
     """Two (V, E) tables -> the parameter pytree."""
     return {"center": {"embedding": center}, "context": {"embedding": context}}
@@ -286,16 +299,9 @@ class JaxBackend(Backend):
                                                   state.exp_avg_sq)
             self.adam_steps = int(state.step)
             return
-        # Both counts: Adam's (its bias correction) and inject_hyperparams' (unused here), as
-        # two buffers, since the step donates each.
-        def count() -> jax.Array:
-            return jax.device_put(np.int32(state.step), self.jax_device)
-
-        fresh = self._optimizer.init(self._params)
-        moments = adam_moments(fresh)._replace(count=count(), mu=self._to_device(state.exp_avg),
-                                               nu=self._to_device(state.exp_avg_sq))
-        self._opt_state = fresh._replace(count=count(),
-                                         inner_state=(moments, *fresh.inner_state[1:]))
+        self._opt_state = adam_state_at(self._optimizer, self._params, int(state.step),
+                                        self._to_device(state.exp_avg),
+                                        self._to_device(state.exp_avg_sq), self.jax_device)
         self.adam_steps = int(state.step)
 
     def synchronize(self) -> None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from backends.jax.backend import JaxBackend, adam, adam_moments
+from backends.jax.backend import JaxBackend, adam, adam_moments, adam_state_at
 from backends.variant_base import VariantMixin, VariantState
 from common.variants import VariantBatch, input_table, output_table
 
@@ -100,15 +100,9 @@ class VariantBackend(VariantMixin, JaxBackend):
     def load_optimizer_tables(self, state: VariantState) -> None:
         for moments in (state.exp_avg, state.exp_avg_sq):
             self.check_tables(moments, "optimizer state")
-
-        def count() -> jax.Array:
-            return jax.device_put(np.int32(state.step), self.jax_device)
-
-        fresh = self._optimizer.init(self._params)
-        moments = adam_moments(fresh)._replace(count=count(), mu=self._put(state.exp_avg),
-                                               nu=self._put(state.exp_avg_sq))
-        self._opt_state = fresh._replace(count=count(),
-                                         inner_state=(moments, *fresh.inner_state[1:]))
+        self._opt_state = adam_state_at(self._optimizer, self._params, int(state.step),
+                                        self._put(state.exp_avg), self._put(state.exp_avg_sq),
+                                        self.jax_device)
         self.adam_steps = int(state.step)
 
     def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
