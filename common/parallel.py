@@ -144,12 +144,17 @@ def check_engine(backend_class: Any, replicas: int) -> None:
                           f"jax, tf or mxnet")
 
 
+def backend_options(config: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments every backend's constructor takes from `config`."""
+    return dict(lr=config.learning_rate, device=config.device, seed=config.seed,
+                optimizer=config.optimizer, step=config.step)
+
+
 def make_backend(backend_class: Any, config: TrainConfig, vocab_size: int) -> Any:
     """The backend for `config`: one replica, or the framework's data-parallel engine."""
     import importlib
 
-    kwargs = dict(lr=config.learning_rate, device=config.device, seed=config.seed,
-                  optimizer=config.optimizer, step=config.step)
+    kwargs = backend_options(config)
     if config.data_parallel == 1:
         return backend_class(vocab_size, config.embed_size, **kwargs)
     check_engine(backend_class, config.data_parallel)

@@ -65,8 +65,6 @@ def make_backend(backend_class: Any, config: TrainConfig, counts: np.ndarray) ->
     """The backend that trains `config`: the chapter's combination with `backend_class`
     itself, the others with its framework's `variants.VariantBackend` (both steps run that
     one autodiff step there, so `--step` gives the same figures)."""
-    options = dict(lr=config.learning_rate, device=config.device, seed=config.seed,
-                   optimizer=config.optimizer, step=config.step)
     if (config.model, config.loss) == CHAPTER:  # one replica, or the framework's engine
         return parallel.make_backend(backend_class, config, len(counts))
     import importlib
@@ -74,7 +72,8 @@ def make_backend(backend_class: Any, config: TrainConfig, counts: np.ndarray) ->
     variants = importlib.import_module(f"backends.{backend_class.name}.variants")
     return variants.VariantBackend(len(counts), config.embed_size, model=config.model,
                                    loss=config.loss, max_window=config.max_window_size,
-                                   num_noise=config.num_noise_words, counts=counts, **options)
+                                   num_noise=config.num_noise_words, counts=counts,
+                                   **parallel.backend_options(config))
 
 
 def export_table(backend: Any, model: str) -> np.ndarray:
