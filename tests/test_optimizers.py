@@ -60,6 +60,20 @@ def test_touched_rows_are_the_centres_and_the_real_slots_not_the_padding():
     assert local.rows[local.context_touched].tolist() == [7, 8, 9]
 
 
+@pytest.mark.parametrize("top", [50, 10**6])  # marked in a table of ids / sorted (np.unique)
+def test_localize_renumbers_as_np_unique_does_by_either_route(top):
+    rng = np.random.default_rng(top)
+    ids = rng.integers(1, top, size=(16, 12)).astype(np.int32)
+    batch = Batch(ids[:, :1], ids, np.ones(ids.shape, np.float32), np.zeros(ids.shape,
+                                                                          np.float32))
+    rows, inverse = np.unique(np.concatenate([[0], ids[:, 0], ids.ravel()]),
+                              return_inverse=True)
+    local = localize(batch)
+    np.testing.assert_array_equal(local.rows, rows)
+    np.testing.assert_array_equal(local.batch.contexts_negatives,
+                                  inverse[1 + 16:].reshape(ids.shape))
+
+
 # -- runs and checkpoints --------------------------------------------------------------------
 def test_an_sgd_run_checkpoints_no_moments_and_resumes(tmp_path, capsys):
     code, run = train_tiny(tmp_path, "--optimizer", "sgd", "--epochs", "1")

@@ -154,3 +154,25 @@ def test_train_step_leaves_the_loss_on_the_device():
     assert all(isinstance(loss, torch.Tensor) and loss.ndim == 0 for loss in losses)
     assert dense.losses_to_numpy(losses).dtype == np.float64
     assert dense.losses_to_numpy([]).shape == (0,)
+
+
+def test_sgds_whole_table_route_gives_the_row_routes_numbers(monkeypatch):
+    """A small vocabulary's sgd updates whole tables (zero gradients elsewhere); forced onto
+    the renumbered rows' route, the same 3 steps give the same tables."""
+    require_backend("torch")
+    import backends.torch.backend as torch_backend
+
+    rng = np.random.default_rng(4)
+    batches = [make_batch(rng) for _ in range(3)]
+    results = []
+    for rows_per_slot in (torch_backend.DENSE_SGD_ROWS_PER_SLOT, 0.0):
+        monkeypatch.setattr(torch_backend, "DENSE_SGD_ROWS_PER_SLOT", rows_per_slot)
+        backend = backends.load("torch")(VOCAB, EMBED, optimizer="sgd", lr=1.0, step="fast")
+        losses = [float(backend.train_step(batch)) for batch in batches]
+        results.append((losses, backend.get_params()))
+    (dense_losses, dense), (row_losses, rows) = results
+    np.testing.assert_allclose(dense_losses, row_losses, rtol=1e-6)
+    for a, b in zip(dense, rows):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(dense.center, backends.load("torch")(VOCAB, EMBED).get_params()
+                              .center)  # it trained

@@ -15,7 +15,10 @@ Optimisers (`optimizer=`, `backends/torch/optim.py`):
   `torch.optim.SparseAdam` / `torch.optim.SGD`. The fast step renumbers the batch to the rows
   it looks up (`common.batching.localize`), computes the pair gradient on those rows alone
   and applies the same update to them (`optim.sparse_adam_rows`, `optim.sgd_rows`) in the
-  stock optimiser's state: its cost follows the batch, not V.
+  stock optimiser's state: its cost follows the batch, not V. On CPU, sgd with a vocabulary
+  no larger than the batch's slots (PTB's) takes the dense step's pair gradient of the whole
+  tables and `w -= lr grad` over all rows instead: untouched rows get a zero gradient, so the
+  numbers are the same, without renumbering the batch and gathering its rows.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ import torch
 from backends.base import PADDED, PAIRS, AdamState, Backend, Params, Work, empty_state
 from backends.torch import fast, model, optim
 from common.batching import Batch, localize
+
+# sgd's fast step on CPU updates whole tables while V <= this many rows per slot of the batch:
+# below it an O(V E) pass costs less than renumbering and gathering (benchmarks/README.md).
+DENSE_SGD_ROWS_PER_SLOT = 1.0
 
 
 def _host_copy(tensor: torch.Tensor) -> np.ndarray:
@@ -164,9 +171,9 @@ class TorchBackend(Backend):
         return self.model.objective(*self._batch_tensors(batch))
 
     def _local_gradients(self, batch: Batch) -> tuple[torch.Tensor, Any, torch.Tensor,
-                                                         list[torch.Tensor]]:
+                                                         list[torch.Tensor], list[torch.Tensor]]:
         """The pair gradient over the rows the batch looks up (the fast sparse step):
-        (loss, LocalBatch, rows (n,), [centre, context] gradients (n, E))."""
+        (loss, LocalBatch, rows (n,), [centre, context] gradients (n, E), their values (n, E))."""
         local = localize(batch)
         rows = torch.from_numpy(local.rows).to(self.torch_device)
         center, context = (table.detach().index_select(0, rows) for table in self._tables)
@@ -177,12 +184,12 @@ class TorchBackend(Backend):
             grads = [torch.empty_like(center), torch.empty_like(context)]
             loss = fast.DenseGradients(len(local.rows), self.embed_size, self.torch_device)(
                 *self._batch_tensors(local.batch), center, context, *grads)
-        return loss, local, rows, grads
+        return loss, local, rows, grads, [center, context]
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
         # The gradient that `train_step` uses, so parity tests check what trains.
         if self.sparse and not self._autograd:
-            loss, local, rows, grads = self._local_gradients(batch)
+            loss, local, rows, grads, _ = self._local_gradients(batch)
             dense = [torch.zeros_like(table) for table in self._tables]
             for table, grad in zip(dense, grads):
                 table.index_copy_(0, rows, grad)
@@ -210,6 +217,9 @@ class TorchBackend(Backend):
 
     def train_step(self, batch: Batch) -> torch.Tensor:
         if self.sparse and not self._autograd:
+            if (self.optimizer == "sgd" and self._on_cpu
+                    and self.vocab_size <= DENSE_SGD_ROWS_PER_SLOT * batch.masks.size):
+                return self._dense_sgd_step(batch)
             return self._sparse_fast_step(batch)
         self._set_step_lr()
         if self._autograd:  # the chapter's loop body
@@ -222,18 +232,30 @@ class TorchBackend(Backend):
         self._optimizer.step()
         return loss  # no .item(): the driver syncs only when it reports
 
+    @torch.no_grad()
+    def _dense_sgd_step(self, batch: Batch) -> torch.Tensor:
+        """sgd through the dense pair gradient: `w -= lr grad` on every row, exact zeros on the
+        untouched ones (a small vocabulary's step, see `DENSE_SGD_ROWS_PER_SLOT`)."""
+        lr = self.next_lr()
+        loss = self._dense_gradients(batch)
+        for table in self._tables:
+            table.add_(table.grad, alpha=-lr)
+            table.grad = None  # the next step's are fresh; the chapter step's are sparse
+        return loss
+
     def _sparse_fast_step(self, batch: Batch) -> torch.Tensor:
         """sparse_adam or sgd on the touched rows alone, in the stock optimiser's state."""
         lr = self.next_lr()
-        loss, local, rows, grads = self._local_gradients(batch)
-        for table, grad, touched in zip(self._tables, grads,
-                                        (local.center_touched, local.context_touched)):
-            where = torch.from_numpy(touched).to(self.torch_device)
-            table_rows, grad = rows[where], grad[where]
+        loss, local, rows, grads, values = self._local_gradients(batch)
+        for table, grad, now, touched in zip(self._tables, grads, values,
+                                             (local.center_touched, local.context_touched)):
+            # Positions from the host (a boolean mask costs a device-side nonzero per use).
+            where = torch.from_numpy(np.flatnonzero(touched)).to(self.torch_device)
+            table_rows, grad, now = (x.index_select(0, where) for x in (rows, grad, now))
             if self.optimizer == "sgd":
-                optim.sgd_rows(table, table_rows, grad, lr)
+                optim.sgd_rows(table, table_rows, now, grad, lr)
             else:
-                optim.sparse_adam_rows(self._optimizer, table, table_rows, grad, lr)
+                optim.sparse_adam_rows(self._optimizer, table, table_rows, now, grad, lr)
         return loss
 
     def optimizer_state(self) -> AdamState:

@@ -28,9 +28,12 @@ def make_optimizer(name: str, tables: list[Tensor], lr: float, *,
 
 @torch.no_grad()
 def sparse_adam_rows(optimizer: torch.optim.Optimizer, table: Tensor, rows: Tensor,
-                     grad: Tensor, lr: float) -> None:
+                     values: Tensor, grad: Tensor, lr: float) -> None:
     """One `SparseAdam` step of `table` whose gradient is `grad` (n, E) at `rows` (n,) unique,
-    in the optimiser's own state: the same figures as `torch.optim._functional.sparse_adam`."""
+    whose current `values` (n, E) the step gathered, in the optimiser's own state: the same
+    figures as `torch.optim._functional.sparse_adam`. Written back with `index_copy_`, not
+    `index_add_`: the rows are unique, and `index_add_` on CPU is one thread that reads each
+    row again (at V = 1M, cold rows: twice `index_copy_`'s time, benchmarks/README.md)."""
     beta1, beta2 = ADAM_BETAS
     state = optimizer.state[table]
     if not state:
@@ -43,10 +46,11 @@ def sparse_adam_rows(optimizer: torch.optim.Optimizer, table: Tensor, rows: Tens
     exp_avg.index_copy_(0, rows, m)
     exp_avg_sq.index_copy_(0, rows, v)
     step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-    table.index_add_(0, rows, m.div_(v.sqrt_().add_(ADAM_EPS)), alpha=-step_size)
+    table.index_copy_(0, rows, values.add_(m.div_(v.sqrt_().add_(ADAM_EPS)), alpha=-step_size))
 
 
 @torch.no_grad()
-def sgd_rows(table: Tensor, rows: Tensor, grad: Tensor, lr: float) -> None:
-    """word2vec's `w -= lr grad` on `rows` (n,) of `table`, `grad` (n, E)."""
-    table.index_add_(0, rows, grad, alpha=-lr)
+def sgd_rows(table: Tensor, rows: Tensor, values: Tensor, grad: Tensor, lr: float) -> None:
+    """word2vec's `w -= lr grad` on `rows` (n,) unique of `table`, whose current `values`
+    (n, E) the step gathered, `grad` (n, E) (`index_copy_`: see `sparse_adam_rows`)."""
+    table.index_copy_(0, rows, values.add_(grad, alpha=-lr))
