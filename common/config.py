@@ -20,7 +20,7 @@ DECAY_FLOOR = 0.004
 # Each optimiser's rate and schedule when --lr / --lr-schedule are not given. Adam and sparse
 # Adam keep the chapter's; sgd's starting rate is the best of a measured sweep on PTB
 # (benchmarks/README.md, "Optimisers whose cost follows the touched words").
-DEFAULT_LR = {"adam": 0.002, "sparse_adam": 0.002, "sgd": 1.5}
+DEFAULT_LR = {"adam": 0.002, "sparse_adam": 0.002, "sgd": 2.5}
 DEFAULT_LR_SCHEDULE = {"adam": "constant", "sparse_adam": "constant", "sgd": "decay"}
 MAX_EPOCHS = 1_000_000  # far beyond any run, and still an exact float and a small int64
 # What `--step` chooses; `backends.base` imports it from here (`common` imports no backend).
