@@ -2,6 +2,7 @@
 
     python -m benchmarks.vocab_scaling [--backends torch,jax,tf] [--vocab 10000,100000,1000000]
     python -m benchmarks.vocab_scaling --render     # only redraw the table and plot
+    python -m benchmarks.vocab_scaling --floor      # the touched rows' memory work alone
 
 V is set directly: every batch's ids are drawn from a Zipf law over V ids with the shared
 generator (`benchmarks.zipf`), centres and contexts with exponent 1, noise words with 0.75 (the
@@ -119,6 +120,46 @@ def worker(args: argparse.Namespace) -> int:
                           max_steps=args.max_steps)
         print(json.dumps(row), flush=True)
     return 0
+
+
+def floor(vocabs: list[int], count: int = 16, repeats: int = 3) -> list[str]:
+    """The least a sparse step must do, per V: the distinct rows a Zipf batch looks up and
+    touches, and the time to gather those rows of both (V, E) tables and write them back
+    changed (torch's `index_select` / `index_copy_`, this process's threads), cycling over
+    `count` batches; then the same for a fixed 6,000 rows drawn uniformly (V = 10k's count),
+    which separates "more rows" from "a larger table" (cache and TLB misses)."""
+    import torch
+
+    from common.batching import localize, touched_rows
+
+    lines = []
+    for vocab_size in sorted(vocabs):
+        batches = zipf_batches(vocab_size, count)
+        looked_up = [torch.from_numpy(localize(batch).rows) for batch in batches]
+        touched = [sum(len(ids) for ids in touched_rows(batch)) for batch in batches]
+        rng = np.random.default_rng(0)
+        spread = min(6_000, vocab_size - 1)
+        uniform = [torch.from_numpy(np.sort(rng.choice(np.arange(1, vocab_size), spread,
+                                                       replace=False))) for _ in range(count)]
+        tables = [torch.from_numpy(init_table) for init_table in
+                  (np.random.default_rng(1).random((vocab_size, EMBED), np.float32),
+                   np.random.default_rng(2).random((vocab_size, EMBED), np.float32))]
+
+        def cycle(row_sets: list[Any]) -> float:
+            best = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for rows in row_sets:
+                    for table in tables:
+                        table.index_copy_(0, rows, table.index_select(0, rows).add_(1e-6))
+                best = min(best, (time.perf_counter() - started) / len(row_sets))
+            return 1000 * best
+
+        lines.append(f"V={vocab_size:>9,}: {np.mean([len(r) for r in looked_up]):8,.0f} rows "
+                     f"looked up, {np.mean(touched):8,.0f} touched (centre + context tables) "
+                     f"per batch; gather + write back both tables: {cycle(looked_up):6.2f} "
+                     f"ms/step; 6,000 uniform rows: {cycle(uniform):6.2f} ms/step")
+    return lines
 
 
 def python_for(backend_name: str) -> str:
@@ -265,9 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=JSONL)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="only redraw table and plot")
+    parser.add_argument("--floor", action="store_true",
+                        help="only time the touched rows' gather and write-back per V")
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.floor:
+        with machine.cpu_lock():
+            print("\n".join(floor(args.vocab)))
+        return 0
     if not args.render:
         drive(args)
     for written in render(args.out):
