@@ -1,6 +1,6 @@
 """word2vec's four combinations in JAX: pure functions of a parameter pytree, CBOW's context
-mean, hierarchical softmax's inner-node table, `jax.value_and_grad` and Optax's Adam in one
-`jax.jit`-compiled step.
+mean, hierarchical softmax's inner-node table, `jax.value_and_grad` and Optax's Adam (or SGD)
+in one `jax.jit`-compiled step.
 
 The shapes and the objective are `common.variants'`; the oracle is
 `backends/numpy/variants.py`. Both steps run this autodiff step (no tuned one).
@@ -48,7 +48,7 @@ def _to_host(tables: Tables) -> dict[str, np.ndarray]:
 
 
 class VariantBackend(VariantMixin, JaxBackend):
-    """The four combinations through `jax.value_and_grad` and `optax.adam`."""
+    """The four combinations through `jax.value_and_grad` and `optax.adam` or `optax.sgd`."""
 
     def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
                  max_window: int, num_noise: int, counts: np.ndarray | None = None,
@@ -60,7 +60,8 @@ class VariantBackend(VariantMixin, JaxBackend):
         self.jax_device = jax.devices(kind)[index]
         self.setup_variant(model, loss, max_window=max_window, num_noise=num_noise,
                            counts=counts, tree=tree)
-        self._optimizer = adam()
+        self._optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0) \
+            if self.optimizer == "sgd" else adam()
         loss_of = functools.partial(objective, model=model, loss=loss)
         gradients = jax.value_and_grad(loss_of)
 
@@ -94,16 +95,20 @@ class VariantBackend(VariantMixin, JaxBackend):
         self.adam_steps = 0
 
     def optimizer_tables(self) -> VariantState:
+        if self.optimizer == "sgd":
+            return VariantState(self.adam_steps, self.empty_moments(), self.empty_moments())
         moments = adam_moments(self._opt_state)
         return VariantState(int(moments.count), _to_host(moments.mu), _to_host(moments.nu))
 
     def load_optimizer_tables(self, state: VariantState) -> None:
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            self.check_tables(moments, "optimizer state")
+        self.check_moments(state)
+        self.adam_steps = int(state.step)
+        if self.optimizer == "sgd":  # no state but the step count (the schedule's position)
+            self._opt_state = self._optimizer.init(self._params)
+            return
         self._opt_state = adam_state_at(self._optimizer, self._params, int(state.step),
                                         self._put(state.exp_avg), self._put(state.exp_avg_sq),
                                         self.jax_device)
-        self.adam_steps = int(state.step)
 
     def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
         value, grads = self._gradients(self._params, self._device_batch(batch))

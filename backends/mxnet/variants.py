@@ -1,6 +1,6 @@
 """word2vec's four combinations in MXNet Gluon: `nn.Embedding` tables, CBOW's context mean,
 hierarchical softmax's inner-node table, `autograd.record()`, `backward()` through one
-hybridized graph, and `gluon.Trainer(..., 'adam')` (given torch's eps placement,
+hybridized graph, and `gluon.Trainer(..., 'adam')` or `'sgd'` (Adam given torch's eps placement,
 `model.torch_epsilon`, and `step(1)` on the summed objective, as the chapter step).
 
 The shapes and the objective are `common.variants'`; the oracle is
@@ -92,7 +92,11 @@ class VariantBackend(VariantMixin, MXNetBackend):
     def _new_trainer(self) -> None:
         beta1, beta2 = chapter.ADAM_BETAS
         # The Updater numbers its states in the order of this list.
-        self.trainer = gluon.Trainer([self.parameters[name] for name in self.trained], "adam",
+        trained = [self.parameters[name] for name in self.trained]
+        if self.optimizer == "sgd":  # plain `w -= lr grad`: no momentum, no weight decay
+            self.trainer = gluon.Trainer(trained, "sgd", {"learning_rate": self.lr})
+            return
+        self.trainer = gluon.Trainer(trained, "adam",
                                      {"learning_rate": self.lr, "beta1": beta1, "beta2": beta2,
                                       "epsilon": chapter.ADAM_EPS})
 
@@ -108,6 +112,8 @@ class VariantBackend(VariantMixin, MXNetBackend):
         self.adam_steps = 0
 
     def optimizer_tables(self) -> VariantState:
+        if self.optimizer == "sgd":
+            return VariantState(self.adam_steps, self.empty_moments(), self.empty_moments())
         # Adam's moments live in the Trainer's Updater: a pickle of {index: (mean, var)}.
         states = pickle.loads(self.trainer._updaters[0].get_states(dump_optimizer=False))
         moments: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
@@ -119,9 +125,11 @@ class VariantBackend(VariantMixin, MXNetBackend):
         return VariantState(self.adam_steps, *moments)
 
     def load_optimizer_tables(self, state: VariantState) -> None:
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            self.check_tables(moments, "optimizer state")
+        self.check_moments(state)
         self._new_trainer()
+        self.adam_steps = int(state.step)
+        if self.optimizer == "sgd":  # no state but the step count (the schedule's position)
+            return
         states = {index: tuple(mx.nd.array(np.asarray(values[name], np.float32), ctx=self.context)
                                for values in (state.exp_avg, state.exp_avg_sq))
                   for index, name in enumerate(self.trained)}
@@ -149,6 +157,7 @@ class VariantBackend(VariantMixin, MXNetBackend):
         with autograd.record():
             losses = self.net(*self._arrays(batch))
         losses.backward()
-        self.trainer.optimizer.epsilon = chapter.torch_epsilon(self.adam_steps)
+        if self.optimizer != "sgd":
+            self.trainer.optimizer.epsilon = chapter.torch_epsilon(self.adam_steps)
         self.trainer.step(1)
         return losses.sum()
