@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from backends.jax.backend import JaxBackend, adam, adam_moments, adam_state_at
+from backends.jax.backend import (JaxBackend, adam, adam_moments, adam_state_at,
+                                  make_train_step)
 from backends.variant_base import VariantMixin, VariantState
 from common.variants import VariantBatch, input_table, output_table
 
@@ -42,6 +43,12 @@ def objective(params: Tables, batch: VariantBatch, model: str, loss: str) -> jax
     return slot_mean_bce(jnp.einsum("ble,be->bl", u, h), labels, masks).sum()
 
 
+def host_batch(batch: VariantBatch) -> VariantBatch:
+    """The batch's arrays in the dtypes the compiled step takes (int32 ids, float32 else)."""
+    return VariantBatch(*(np.asarray(array, dtype) for array, dtype in
+                          zip(batch, (np.int32, np.float32, np.int32, np.float32, np.float32))))
+
+
 def _to_host(tables: Tables) -> dict[str, np.ndarray]:
     """Parameters, gradients or an Adam moment -> host copies by name."""
     return {name: np.array(table, np.float32) for name, table in tables.items()}
@@ -62,24 +69,20 @@ class VariantBackend(VariantMixin, JaxBackend):
                            counts=counts, tree=tree)
         self._optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0) \
             if self.optimizer == "sgd" else adam()
-        loss_of = functools.partial(objective, model=model, loss=loss)
-        gradients = jax.value_and_grad(loss_of)
-
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def step(params: Tables, opt_state: Any, batch: VariantBatch,
-                 lr: jax.Array) -> tuple[Tables, Any, jax.Array]:
-            value, grads = gradients(params, batch)
-            opt_state.hyperparams["learning_rate"] = lr
-            updates, opt_state = self._optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value
-
-        self._step, self._gradients, self._eval = step, jax.jit(gradients), jax.jit(loss_of)
+        self._eval_fn = functools.partial(objective, model=model, loss=loss)
+        self._eval = jax.jit(self._eval_fn)
+        self.use_gradients(jax.value_and_grad(self._eval_fn))
         self.init_params(self.seed)
 
+    def use_gradients(self, gradients: Any) -> None:
+        """Train with `gradients` (params, batch) -> (loss, grads): `jax.value_and_grad` of
+        the objective, or the data-parallel engine's sum of it over the replicas."""
+        self._step = make_train_step(gradients, self._optimizer)
+        self._gradients = jax.jit(gradients)
+
     def _device_batch(self, batch: VariantBatch) -> VariantBatch:
-        return VariantBatch(*(jax.device_put(np.asarray(array, dtype), self.jax_device)
-                              for array, dtype in zip(batch, (np.int32, np.float32, np.int32,
-                                                              np.float32, np.float32))))
+        return VariantBatch(*(jax.device_put(array, self.jax_device)
+                              for array in host_batch(batch)))
 
     def _put(self, tables: dict[str, np.ndarray]) -> Tables:
         return {name: jax.device_put(np.array(tables[name], np.float32), self.jax_device)
