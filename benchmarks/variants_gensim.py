@@ -116,7 +116,7 @@ def parse_combination(text: str) -> tuple[str, str, str, float | None]:
     fields = text.split(":")
     pair, optimizer, lr = fields[0], (fields[1:2] or ["adam"])[0], (fields[2:3] or [""])[0]
     parts = pair.split("-")
-    if len(fields) > 3 or len(parts) != 2 or tuple(parts) not in COMBINATIONS or optimizer not in ("adam", "sgd"):
+    if len(fields) > 3 or tuple(parts) not in COMBINATIONS or optimizer not in ("adam", "sgd"):
         raise ConfigError(f"{text!r} is not MODEL-LOSS[:adam|sgd[:LR]], e.g. cbow-hsoftmax:sgd:0.5")
     try:
         rate = float(lr) if lr else None

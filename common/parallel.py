@@ -28,7 +28,6 @@ from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
-from common.batching import Batch
 from common.config import TrainConfig, fields
 from common.errors import ConfigError, W2VError
 

@@ -90,10 +90,11 @@ class MeshReplicas:
     replicated sharding, so every `device_put` of that backend replicates)."""
 
     def _join_mesh(self, replicas: int) -> None:
-        devices = jax.devices(self.jax_device.platform)  # type: ignore[attr-defined]
+        platform = self.jax_device.platform  # type: ignore[attr-defined]
+        devices = jax.devices(platform)
         if len(devices) < replicas:
-            raise ConfigError(f"--data-parallel {replicas} needs {replicas} "
-                              f"{self.jax_device.platform} devices; JAX has {len(devices)}")  # type: ignore[attr-defined]
+            raise ConfigError(f"--data-parallel {replicas} needs {replicas} {platform} devices; "
+                              f"JAX has {len(devices)}")
         self.mesh = Mesh(np.array(devices[:replicas]), (AXIS,))
         self.replicas, self.rank = self.mesh.size, jax.process_index()
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))

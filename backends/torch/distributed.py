@@ -111,7 +111,8 @@ class Replicas:
     def _wrap(self, net: nn.Module, *, unused_tables: bool = False) -> None:
         """DDP around `net`'s objective; `unused_tables`: some table takes no part in the
         objective (hierarchical softmax leaves one of the pair out), which DDP must be told."""
-        ids = [self.torch_device] if self.torch_device.type == "cuda" else None  # type: ignore[attr-defined]
+        device = self.torch_device  # type: ignore[attr-defined]
+        ids = [device] if device.type == "cuda" else None
         with _collective(self.rank):
             self._ddp = DistributedDataParallel(_Objective(net), device_ids=ids,
                                                 find_unused_parameters=unused_tables)
