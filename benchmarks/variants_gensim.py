@@ -160,13 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true",
                         help="train nothing: the table of --out's rows for these epochs, seeds "
                              "and combinations")
+    parser.add_argument("--commit", default="",
+                        help="with --render: only rows measured on this commit (a prefix)")
     parser.add_argument("--out", type=Path, default=JSONL)
     args = parser.parse_args(argv)
     chosen = [parse_combination(text) for text in args.combinations] if args.combinations \
         else [(model, loss, "adam", None) for model, loss in COMBINATIONS]
     if args.render:
-        print("\n".join(table(select(machine.read_jsonl(args.out), args.epochs, args.seeds,
-                                     chosen))))
+        rows = [row for row in machine.read_jsonl(args.out)
+                if str(row.get("commit", "")).startswith(args.commit)]
+        print("\n".join(table(select(rows, args.epochs, args.seeds, chosen))))
         return 0
     sentences = peer.ptb_sentences(args.data) if args.who != "w2v" else []
     rows = []
