@@ -2,14 +2,15 @@
 
 A `VariantBackend` (one per framework, in `backends/<fw>/variants.py`) is that framework's
 `Backend` whose tables are named (`center`, `context` and, for hierarchical softmax, `inner`)
-and whose step is the framework's autodiff and stock Adam on `common.variants`' batches. This
+and whose step is the framework's autodiff and stock optimiser (Adam, or SGD: on a dense gradient
+it moves the touched rows alone, the others' gradient being 0) on `common.variants`' batches. This
 mixin turns the chapter's batches into the combination's, draws the initial tables, and keeps
 the `Backend` contract (two-table `Params` and `AdamState` for the centre/context pair) so the
 epoch driver, the held-out loss and `similar` work unchanged. The framework supplies:
 
     get_tables() -> {name: (rows, E)}            host copies
     set_tables({name: array})                    replace them and reset the optimiser
-    optimizer_tables() -> VariantState           Adam's step and moments per table
+    optimizer_tables() -> VariantState           the step and Adam's moments per table (sgd: (0, E))
     load_optimizer_tables(VariantState)
     variant_loss_and_grads(VariantBatch) -> (float, {name: gradient})
     variant_eval(VariantBatch) -> device scalar  the summed objective, forward only
@@ -28,7 +29,8 @@ from common.variants import (CHAPTER, HuffmanTree, VariantBatch, build_huffman, 
 
 
 class VariantState(NamedTuple):
-    """Adam's state over named tables: what a checkpoint of any combination holds."""
+    """The optimiser's state over named tables: what a checkpoint of any combination holds
+    (sgd: the step count, with (0, E) moments, as `backends.base.AdamState`)."""
 
     step: int
     exp_avg: dict[str, np.ndarray]
@@ -90,16 +92,29 @@ class VariantMixin:
         tables.update(center=params.center, context=params.context)
         self.set_tables(tables)
 
-    def check_tables(self, tables: dict[str, np.ndarray], what: str) -> None:
+    def moment_shape(self, name: str) -> tuple[int, int]:
+        """Adam's moments are shaped as the table; sgd keeps none ((0, E), as AdamState)."""
+        return (0, self.embed_size) if self.optimizer == "sgd" else self.table_shape(name)
+
+    def empty_moments(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(self.moment_shape(name), np.float32) for name in self.table_names}
+
+    def check_tables(self, tables: dict[str, np.ndarray], what: str,
+                     moments: bool = False) -> None:
         from common.errors import DataError
 
         if set(tables) != set(self.table_names):
             raise DataError(f"{what} holds tables {sorted(tables)}, --loss {self.loss_name} "
                             f"needs {list(self.table_names)}")
+        shape_of = self.moment_shape if moments else self.table_shape
         for name, table in tables.items():
-            if np.shape(table) != self.table_shape(name):
+            if np.shape(table) != shape_of(name):
                 raise DataError(f"{what} {name} has shape {np.shape(table)}, this model needs "
-                                f"{self.table_shape(name)}")
+                                f"{shape_of(name)}")
+
+    def check_moments(self, state: VariantState) -> None:
+        for moments in (state.exp_avg, state.exp_avg_sq):
+            self.check_tables(moments, "optimizer state", moments=True)
 
     def optimizer_state(self) -> AdamState:
         state = self.optimizer_tables()
@@ -109,7 +124,7 @@ class VariantMixin:
     def load_optimizer_state(self, state: AdamState) -> None:
         """The pair's moments from `state`; the inner table's (if any) at zero."""
         self._check_adam_state(state)
-        zeros = {name: np.zeros(self.table_shape(name), np.float32) for name in self.table_names}
+        zeros = self.empty_moments()
         self.load_optimizer_tables(VariantState(
             state.step, dict(zeros, center=state.exp_avg.center, context=state.exp_avg.context),
             dict(zeros, center=state.exp_avg_sq.center, context=state.exp_avg_sq.context)))

@@ -155,10 +155,6 @@ class TrainConfig:
             # The replicas' engines were proven equal to one replica with dense Adam only.
             raise ConfigError(f"--data-parallel {self.data_parallel} trains with --optimizer adam; "
                               f"--optimizer {self.optimizer} trains with --data-parallel 1")
-        if self.data_parallel > 1 and (self.model, self.loss) != ("skipgram", "negative"):
-            raise ConfigError(f"--data-parallel {self.data_parallel} trains --model skipgram "
-                              f"--loss negative; --model {self.model} --loss {self.loss} trains "
-                              f"with --data-parallel 1")
         from common.threads import check as check_threads
 
         check_threads(self.threads)

@@ -24,11 +24,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
-from common.batching import Batch
 from common.config import TrainConfig, fields
 from common.errors import ConfigError, W2VError
 
@@ -71,29 +70,35 @@ def collective_timeout() -> float:
 
 
 # -- shards -------------------------------------------------------------------------------
-def pad_rows(batch: Batch, multiple: int) -> Batch:
+# A chapter's `Batch` or a combination's `common.variants.VariantBatch`: row-wise arrays,
+# whose all-zero rows count 0 (their masks are 0).
+Rows = TypeVar("Rows", bound=tuple)
+
+
+def pad_rows(batch: Rows, multiple: int) -> Rows:
     """`batch` with all-padding rows (mask 0, counting 0) up to a multiple of `multiple`."""
-    rows = batch.centers.shape[0]
+    rows = len(batch[0])
     extra = -rows % multiple
     if not extra:
         return batch
-    return Batch(*(np.concatenate([array, np.zeros((extra, *array.shape[1:]), array.dtype)])
-                   for array in batch))
+    return type(batch)(*(np.concatenate([array, np.zeros((extra, *array.shape[1:]),
+                                                         array.dtype)])
+                         for array in batch))
 
 
-def shard(batch: Batch, replicas: int, index: int) -> Batch:
+def shard(batch: Rows, replicas: int, index: int) -> Rows:
     """Replica `index`'s share of a global batch: a contiguous block of rows.
 
     Rows are split as evenly as they go (`np.array_split`), so the shares of one batch are
     its rows in order, and their summed objectives are the batch's.
     """
-    rows = batch.centers.shape[0]
+    rows = len(batch[0])
     bounds = [rows * part // replicas for part in range(replicas + 1)]
     start, stop = bounds[index], bounds[index + 1]
-    return Batch(*(array[start:stop] for array in batch))
+    return type(batch)(*(array[start:stop] for array in batch))
 
 
-def shards(batch: Batch, replicas: int) -> list[Batch]:
+def shards(batch: Rows, replicas: int) -> list[Rows]:
     """Every replica's equal share, padded first: what one process feeding N devices needs."""
     batch = pad_rows(batch, replicas)
     return [shard(batch, replicas, index) for index in range(replicas)]
@@ -150,17 +155,26 @@ def backend_options(config: TrainConfig) -> dict[str, Any]:
                 optimizer=config.optimizer, step=config.step)
 
 
-def make_backend(backend_class: Any, config: TrainConfig, vocab_size: int) -> Any:
-    """The backend for `config`: one replica, or the framework's data-parallel engine."""
+def make_backend(backend_class: Any, config: TrainConfig, vocab_size: int,
+                 **variant: Any) -> Any:
+    """The backend for `config`: one replica, or the framework's data-parallel engine.
+
+    `variant` (model, loss, ...: `common.session.make_backend`'s) asks for one of the other
+    combinations: the framework's `variants.VariantBackend`, or its `DataParallelVariant`,
+    the same engine around that model.
+    """
     import importlib
 
-    kwargs = backend_options(config)
+    kwargs = dict(backend_options(config), **variant)
     if config.data_parallel == 1:
-        return backend_class(vocab_size, config.embed_size, **kwargs)
+        if not variant:
+            return backend_class(vocab_size, config.embed_size, **kwargs)
+        module = importlib.import_module(f"backends.{backend_class.name}.variants")
+        return module.VariantBackend(vocab_size, config.embed_size, **kwargs)
     check_engine(backend_class, config.data_parallel)
     module = importlib.import_module(f"backends.{backend_class.name}.distributed")
-    return module.DataParallelBackend(vocab_size, config.embed_size,
-                                      replicas=config.data_parallel, **kwargs)
+    engine = module.DataParallelVariant if variant else module.DataParallelBackend
+    return engine(vocab_size, config.embed_size, replicas=config.data_parallel, **kwargs)
 
 
 # -- the local launcher ---------------------------------------------------------------------

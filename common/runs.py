@@ -377,9 +377,12 @@ def load_checkpoint(run: Path, *, vocab_digest: str | None = None,
                    + ", ".join(f"{name} {array.dtype}{list(array.shape)}"
                                for name, array in arrays.items()))
     elif inner and (set(inner) != set(_INNER) or any(
-            array.dtype != np.float32 or array.shape != (table_shape[0] - 1, table_shape[1])
-            for array in inner.values())):
-        problem = "its inner-node tables are not three float32 (V-1, E) arrays"
+            array.dtype != np.float32 or array.shape != (
+                (table_shape[0] - 1, table_shape[1]) if name == "inner" or optimizer != "sgd"
+                else moment_shape)
+            for name, array in inner.items())):
+        problem = ("its inner-node tables are not a float32 (V-1, E) table and two moments "
+                   f"{'(0, E)' if optimizer == 'sgd' else 'of the same shape'}")
     elif meta.get("format") != version or meta.get("shape") != list(table_shape):
         problem = "its metadata disagrees with its tables or its format"
     elif isinstance(meta.get("adam_step"), bool) or not isinstance(meta.get("adam_step"), int) \

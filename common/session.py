@@ -62,18 +62,15 @@ class TrainOutcome:
 
 
 def make_backend(backend_class: Any, config: TrainConfig, counts: np.ndarray) -> Any:
-    """The backend that trains `config`: the chapter's combination with `backend_class`
-    itself, the others with its framework's `variants.VariantBackend` (both steps run that
-    one autodiff step there, so `--step` gives the same figures)."""
-    if (config.model, config.loss) == CHAPTER:  # one replica, or the framework's engine
+    """The backend that trains `config`, one replica or the framework's engine: the chapter's
+    combination with `backend_class` itself, the others with its framework's
+    `variants.VariantBackend` (both steps run that one autodiff step there, so `--step`
+    gives the same figures)."""
+    if (config.model, config.loss) == CHAPTER:
         return parallel.make_backend(backend_class, config, len(counts))
-    import importlib
-
-    variants = importlib.import_module(f"backends.{backend_class.name}.variants")
-    return variants.VariantBackend(len(counts), config.embed_size, model=config.model,
-                                   loss=config.loss, max_window=config.max_window_size,
-                                   num_noise=config.num_noise_words, counts=counts,
-                                   **parallel.backend_options(config))
+    return parallel.make_backend(backend_class, config, len(counts), model=config.model,
+                                 loss=config.loss, max_window=config.max_window_size,
+                                 num_noise=config.num_noise_words, counts=counts)
 
 
 def export_table(backend: Any, model: str) -> np.ndarray:

@@ -173,3 +173,31 @@ def test_quality_summary_counts_the_seeds_that_reach_the_bar_within_the_budget()
     assert lines[0].startswith("best") and "mean 0.372 (min 0.350, max 0.395)" in lines[0]
     assert lines[0].endswith("1 of 2 reach 0.39")
     assert "mean nan" in lines[1] and lines[1].endswith("0 of 1 reach 0.39")
+
+
+def test_the_variants_table_puts_each_optimiser_beside_gensims_seed_means():
+    from benchmarks.variants_gensim import parse_combination, select, table
+    from common.errors import ConfigError
+
+    assert parse_combination("cbow-hsoftmax") == ("cbow", "hsoftmax", "adam", None)
+    assert parse_combination("cbow-negative:sgd:0.3") == ("cbow", "negative", "sgd", 0.3)
+    with pytest.raises(ConfigError, match="is not MODEL-LOSS"):
+        parse_combination("cbow-negative:sparse_adam")
+
+    def row(who: str, seed: int, score: float, **extra: object) -> dict:
+        return {"who": who, "model": "cbow", "loss": "negative", "epochs": 5, "seed": seed,
+                "wordsim353": score, "simlex999": 0.1, "analogies": 0.01, "seconds": 10.0,
+                **extra}
+
+    rows = [row("w2v torch", 0, 0.2), row("w2v torch", 1, 0.3),  # adam: no optimizer key
+            row("w2v torch", 0, 0.1, optimizer="sgd", lr=1.0),
+            row("gensim 4.4.0", 0, 0.05), row("gensim 4.4.0", 1, 0.15),
+            row("gensim 4.4.0", 2, 0.9)]  # a seed not asked for
+    chosen = select(rows, [5], [0, 1], [parse_combination("cbow-negative")])
+    assert len(chosen) == 4  # ours with adam, gensim's of both seeds
+    lines = table(chosen)
+    assert len(lines) == 3
+    assert lines[2].startswith("| 5 | cbow | negative | adam | 2 | 0.250 | 0.100 |")
+    both = table(select(rows, [5], [0, 1], [parse_combination("cbow-negative"),
+                                             parse_combination("cbow-negative:sgd:1.0")]))
+    assert [line.split(" | ")[3] for line in both[2:]] == ["adam", "sgd 1"]

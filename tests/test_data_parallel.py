@@ -104,11 +104,35 @@ def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, mo
     with one CPU device). tf's fast step runs 8 steps per compiled call, so with one replica
     it stops after 8, and both are compared there.
     """
-    one, two = tmp_path / "one", tmp_path / "two"
     steps = 8 if (framework_backend, step) == ("tf", "fast") else 3
+    _two_replicas_train_as_one(tmp_path, corpus, monkeypatch, framework_backend, step, steps)
+
+
+# The other combinations on each engine: torch's (a process per replica, the slowest to start)
+# with one of them, the in-process engines with all three.
+VARIANT_COMBINATIONS = [("skipgram", "hsoftmax"), ("cbow", "negative"), ("cbow", "hsoftmax")]
+
+
+@pytest.mark.parametrize("backend, model, loss", [
+    ("torch", "cbow", "hsoftmax"),  # a table DDP must be told of, and CBOW's batch
+    *((backend, *combination) for backend in ("jax", "tf", "mxnet")
+      for combination in VARIANT_COMBINATIONS)])
+def test_two_replicas_train_every_combination_as_one(tmp_path, corpus, backend, model, loss,
+                                                     monkeypatch):
+    """As above, for CBOW and hierarchical softmax (`DataParallelVariant`, the chapter step;
+    the fast step runs the same one): the inner-node table and its moments after 3 steps
+    too."""
+    require_backend(backend)
+    _two_replicas_train_as_one(tmp_path, corpus, monkeypatch, backend, "chapter", 3,
+                               "--model", model, "--loss", loss)
+
+
+def _two_replicas_train_as_one(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch,
+                               backend: str, step: str, steps: int, *extra: str) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
     monkeypatch.setenv("W2V_INTERRUPT_AFTER_BATCHES", str(steps))
-    assert main(_args(corpus, one, framework_backend, step)) == 130
-    double = _w2v(_args(corpus, two, framework_backend, step, "--data-parallel", "2"))
+    assert main(_args(corpus, one, backend, step, *extra)) == 130
+    double = _w2v(_args(corpus, two, backend, step, *extra, "--data-parallel", "2"))
     assert double.returncode == 130, double.stderr
     assert "2 data-parallel replicas" in double.stdout  # as the engine counts them
     assert json.loads((two / runs.CONFIG).read_text())["data_parallel"] == 2
@@ -116,6 +140,10 @@ def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, mo
     params_one, params_two = _stopped_after(one, steps), _stopped_after(two, steps)
     assert_params_close(Params(params_two.center, params_two.context),
                         Params(params_one.center, params_one.context), rtol=RTOL, atol=ATOL)
+    assert (params_one.inner is None) == (params_two.inner is None)
+    if params_one.inner is not None:  # hierarchical softmax: the table and its moments
+        for got, want in zip(params_two.inner, params_one.inner):
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     assert main(["train", "--resume", str(one), "--no-progress", "--query"]) == 0
     resumed = _w2v(["train", "--resume", str(two), "--no-progress", "--query"])
     assert resumed.returncode == 0, resumed.stderr
@@ -281,11 +309,12 @@ def test_the_replicas_benchmark_puts_n_beside_one_replica():
 @pytest.mark.parametrize("settings, works", [
     (dict(optimizer="sgd"), "--optimizer sgd trains with --data-parallel 1"),
     (dict(optimizer="sparse_adam"), "--optimizer sparse_adam trains with --data-parallel 1"),
-    (dict(model="cbow"), "--model cbow --loss negative trains with --data-parallel 1"),
-    (dict(loss="hsoftmax"), "--model skipgram --loss hsoftmax trains with --data-parallel 1"),
+    (dict(optimizer="sgd", model="cbow"), "--optimizer sgd trains with --data-parallel 1"),
 ])
 def test_replicas_refuse_what_no_parity_test_covers_naming_what_works(settings, works):
     with pytest.raises(ConfigError) as caught:
         TrainConfig(data_parallel=2, **settings).validate()
     assert works in str(caught.value) and "\n" not in str(caught.value)
     TrainConfig(data_parallel=1, **settings).validate()  # one replica trains them
+    for model, loss in VARIANT_COMBINATIONS:  # every combination trains with replicas
+        TrainConfig(data_parallel=2, model=model, loss=loss).validate()

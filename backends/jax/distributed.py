@@ -10,12 +10,14 @@ devices are host devices (`jax_num_cpu_devices`, as `--xla_force_host_platform_d
 which must be asked for before JAX starts its backends: `prepare_replicas` does, and fails in
 one line when JAX started without them. Several processes or hosts join one mesh through
 `jax.distributed.initialize` (README, "Data-parallel"); one process has no replica that can
-die alone.
+die alone. The other combinations (`DataParallelVariant`) take the same mesh around their
+`value_and_grad`.
 """
 from __future__ import annotations
 
 
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -24,10 +26,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from backends.base import Params
 from backends.jax.backend import JaxBackend, make_train_step
-from backends.jax.fast import Tables
+from backends.jax.variants import VariantBackend, host_batch
 from common import parallel
 from common.batching import Batch
 from common.errors import ConfigError
+from common.parallel import Rows
+from common.variants import VariantBatch
 
 AXIS = "batch"
 TERMINATE_FLAG, STARVED_DEVICE_S = "xla_cpu_collective_call_terminate_timeout_seconds", 600
@@ -79,54 +83,49 @@ def reserve_host_devices(replicas: int) -> None:
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={replicas}") from None
 
 
-class DataParallelBackend(JaxBackend):
-    """`JaxBackend` over a mesh of `replicas` devices: batch sharded, parameters replicated."""
+class MeshReplicas:
+    """The engine, whatever the model: a mesh of `replicas` devices, the batch split by rows
+    over it, a gradient summed by `psum`. Put it first in the bases, before the
+    single-device backend it distributes (whose `jax_device` it then replaces by the mesh's
+    replicated sharding, so every `device_put` of that backend replicates)."""
 
-    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
-                 step: str = "fast") -> None:
-        super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer, step=step)
-        devices = jax.devices(self.jax_device.platform)
+    def _join_mesh(self, replicas: int) -> None:
+        platform = self.jax_device.platform  # type: ignore[attr-defined]
+        devices = jax.devices(platform)
         if len(devices) < replicas:
-            raise ConfigError(f"--data-parallel {replicas} needs {replicas} "
-                              f"{self.jax_device.platform} devices; JAX has {len(devices)}")
+            raise ConfigError(f"--data-parallel {replicas} needs {replicas} {platform} devices; "
+                              f"JAX has {len(devices)}")
         self.mesh = Mesh(np.array(devices[:replicas]), (AXIS,))
         self.replicas, self.rank = self.mesh.size, jax.process_index()
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
-        # Every `device_put` of the shell (parameters, moments, counts) now replicates.
         self.jax_device = NamedSharding(self.mesh, PartitionSpec())
 
-        def summed(params: Tables, batch: Batch) -> tuple[jax.Array, Tables]:
-            return jax.lax.psum(self._gradients(params, batch), AXIS)  # this shard's, summed
+    def _summed(self, gradients: Callable) -> Callable:
+        """`gradients` (params, batch) -> (loss, grads) run on each device's share of the
+        batch and summed over the mesh: one program in which XLA inserts the all-reduce."""
+        def summed(params: Any, batch: Any) -> Any:
+            return jax.lax.psum(gradients(params, batch), AXIS)  # this shard's, summed
 
-        gradients = jax.shard_map(summed, mesh=self.mesh,
-                                  in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
-                                  out_specs=(PartitionSpec(), PartitionSpec()),
-                                  # The fast step's `lax.scan` starts from unsharded zeros.
-                                  check_vma=False)
-        self._train_step = make_train_step(gradients, self._optimizer)
-        self._loss_and_grads = jax.jit(gradients)
-        self.init_params(seed)  # again, replicated over the mesh
+        return jax.shard_map(summed, mesh=self.mesh,
+                             in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
+                             out_specs=(PartitionSpec(), PartitionSpec()),
+                             # The fast step's `lax.scan` starts from unsharded zeros.
+                             check_vma=False)
 
-    def _host_batch(self, batch: Batch) -> Batch:  # type: ignore[override]
-        """The batch padded to a multiple of the replicas and split by rows over the mesh;
+    def _split(self, batch: Rows) -> Rows:
+        """A host batch padded to a multiple of the replicas and split by rows over the mesh;
         each process places the rows of its own devices (every process reads the same
         stream)."""
-        batch = parallel.pad_rows(JaxBackend._host_batch(batch), self.replicas)
-        return Batch(*(jax.make_array_from_callback(array.shape, self._batch_sharding,
-                                                    lambda index, array=array: array[index])
-                       for array in batch))
+        batch = parallel.pad_rows(batch, self.replicas)
+        return type(batch)(*(jax.make_array_from_callback(array.shape, self._batch_sharding,
+                                                          lambda index, array=array: array[index])
+                             for array in batch))
 
-    def train_step(self, batch: Batch) -> jax.Array:
+    def train_step(self, batch: Any) -> jax.Array:
         # One collective program at a time: XLA's CPU client may start two queued programs
         # in different orders on the two device threads, whose all-reduces then wait for each
         # other (seen on PTB); a step is milliseconds, the wait costs little.
-        return super().train_step(batch).block_until_ready()
-
-    def eval_loss(self, batch: Batch) -> jax.Array:
-        """The whole batch on every device: no collective, so none to order."""
-        return self._eval_loss(self._params, JaxBackend._host_batch(batch)).block_until_ready()
+        return super().train_step(batch).block_until_ready()  # type: ignore[misc]
 
     def agree_to_stop(self, signum: int) -> int:
         if jax.process_count() == 1:
@@ -135,8 +134,51 @@ class DataParallelBackend(JaxBackend):
 
         return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
 
+
+class DataParallelBackend(MeshReplicas, JaxBackend):
+    """`JaxBackend` over a mesh of `replicas` devices: batch sharded, parameters replicated."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
+        super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
+                         optimizer=optimizer, step=step)
+        self._join_mesh(replicas)
+        gradients = self._summed(self._gradients)
+        self._train_step = make_train_step(gradients, self._optimizer)
+        self._loss_and_grads = jax.jit(gradients)
+        self.init_params(seed)  # again, replicated over the mesh
+
+    def _host_batch(self, batch: Batch) -> Batch:  # type: ignore[override]
+        return self._split(JaxBackend._host_batch(batch))
+
+    def eval_loss(self, batch: Batch) -> jax.Array:
+        """The whole batch on every device: no collective, so none to order."""
+        return self._eval_loss(self._params, JaxBackend._host_batch(batch)).block_until_ready()
+
     def set_params(self, params: Params) -> None:
         super().set_params(params)
         self._opt_state = jax.device_put(self._opt_state, self.jax_device)
 
 
+class DataParallelVariant(MeshReplicas, VariantBackend):
+    """The other combinations (`variants.VariantBackend`) on the same mesh: their
+    `value_and_grad` summed over it, their stock optimiser on every device's copy."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int,
+                 **options: Any) -> None:
+        super().__init__(vocab_size, embed_size, **options)
+        self._join_mesh(replicas)
+        self.use_gradients(self._summed(jax.value_and_grad(self._eval_fn)))
+        self.init_params(self.seed)  # again, replicated over the mesh
+
+    def _device_batch(self, batch: VariantBatch) -> VariantBatch:
+        return self._split(host_batch(batch))
+
+    def set_tables(self, tables: dict[str, np.ndarray]) -> None:
+        super().set_tables(tables)
+        self._opt_state = jax.device_put(self._opt_state, self.jax_device)
+
+    def variant_eval(self, batch: VariantBatch) -> jax.Array:
+        """The whole batch on every device: no collective, so none to order."""
+        return self._eval(self._params, host_batch(batch)).block_until_ready()

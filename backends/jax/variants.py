@@ -1,6 +1,6 @@
 """word2vec's four combinations in JAX: pure functions of a parameter pytree, CBOW's context
-mean, hierarchical softmax's inner-node table, `jax.value_and_grad` and Optax's Adam in one
-`jax.jit`-compiled step.
+mean, hierarchical softmax's inner-node table, `jax.value_and_grad` and Optax's Adam (or SGD)
+in one `jax.jit`-compiled step.
 
 The shapes and the objective are `common.variants'`; the oracle is
 `backends/numpy/variants.py`. Both steps run this autodiff step (no tuned one).
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from backends.jax.backend import JaxBackend, adam, adam_moments, adam_state_at
+from backends.jax.backend import (JaxBackend, adam, adam_moments, adam_state_at,
+                                  make_train_step)
 from backends.variant_base import VariantMixin, VariantState
 from common.variants import VariantBatch, input_table, output_table
 
@@ -42,13 +43,19 @@ def objective(params: Tables, batch: VariantBatch, model: str, loss: str) -> jax
     return slot_mean_bce(jnp.einsum("ble,be->bl", u, h), labels, masks).sum()
 
 
+def host_batch(batch: VariantBatch) -> VariantBatch:
+    """The batch's arrays in the dtypes the compiled step takes (int32 ids, float32 else)."""
+    return VariantBatch(*(np.asarray(array, dtype) for array, dtype in
+                          zip(batch, (np.int32, np.float32, np.int32, np.float32, np.float32))))
+
+
 def _to_host(tables: Tables) -> dict[str, np.ndarray]:
     """Parameters, gradients or an Adam moment -> host copies by name."""
     return {name: np.array(table, np.float32) for name, table in tables.items()}
 
 
 class VariantBackend(VariantMixin, JaxBackend):
-    """The four combinations through `jax.value_and_grad` and `optax.adam`."""
+    """The four combinations through `jax.value_and_grad` and `optax.adam` or `optax.sgd`."""
 
     def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
                  max_window: int, num_noise: int, counts: np.ndarray | None = None,
@@ -60,25 +67,22 @@ class VariantBackend(VariantMixin, JaxBackend):
         self.jax_device = jax.devices(kind)[index]
         self.setup_variant(model, loss, max_window=max_window, num_noise=num_noise,
                            counts=counts, tree=tree)
-        self._optimizer = adam()
-        loss_of = functools.partial(objective, model=model, loss=loss)
-        gradients = jax.value_and_grad(loss_of)
-
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def step(params: Tables, opt_state: Any, batch: VariantBatch,
-                 lr: jax.Array) -> tuple[Tables, Any, jax.Array]:
-            value, grads = gradients(params, batch)
-            opt_state.hyperparams["learning_rate"] = lr
-            updates, opt_state = self._optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value
-
-        self._step, self._gradients, self._eval = step, jax.jit(gradients), jax.jit(loss_of)
+        self._optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0) \
+            if self.optimizer == "sgd" else adam()
+        self._eval_fn = functools.partial(objective, model=model, loss=loss)
+        self._eval = jax.jit(self._eval_fn)
+        self.use_gradients(jax.value_and_grad(self._eval_fn))
         self.init_params(self.seed)
 
+    def use_gradients(self, gradients: Any) -> None:
+        """Train with `gradients` (params, batch) -> (loss, grads): `jax.value_and_grad` of
+        the objective, or the data-parallel engine's sum of it over the replicas."""
+        self._step = make_train_step(gradients, self._optimizer)
+        self._gradients = jax.jit(gradients)
+
     def _device_batch(self, batch: VariantBatch) -> VariantBatch:
-        return VariantBatch(*(jax.device_put(np.asarray(array, dtype), self.jax_device)
-                              for array, dtype in zip(batch, (np.int32, np.float32, np.int32,
-                                                              np.float32, np.float32))))
+        return VariantBatch(*(jax.device_put(array, self.jax_device)
+                              for array in host_batch(batch)))
 
     def _put(self, tables: dict[str, np.ndarray]) -> Tables:
         return {name: jax.device_put(np.array(tables[name], np.float32), self.jax_device)
@@ -94,16 +98,20 @@ class VariantBackend(VariantMixin, JaxBackend):
         self.adam_steps = 0
 
     def optimizer_tables(self) -> VariantState:
+        if self.optimizer == "sgd":
+            return VariantState(self.adam_steps, self.empty_moments(), self.empty_moments())
         moments = adam_moments(self._opt_state)
         return VariantState(int(moments.count), _to_host(moments.mu), _to_host(moments.nu))
 
     def load_optimizer_tables(self, state: VariantState) -> None:
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            self.check_tables(moments, "optimizer state")
+        self.check_moments(state)
+        self.adam_steps = int(state.step)
+        if self.optimizer == "sgd":  # no state but the step count (the schedule's position)
+            self._opt_state = self._optimizer.init(self._params)
+            return
         self._opt_state = adam_state_at(self._optimizer, self._params, int(state.step),
                                         self._put(state.exp_avg), self._put(state.exp_avg_sq),
                                         self.jax_device)
-        self.adam_steps = int(state.step)
 
     def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
         value, grads = self._gradients(self._params, self._device_batch(batch))

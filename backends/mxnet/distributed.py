@@ -10,7 +10,9 @@ global batch is split into N equal shares, one per context, and:
   kvstore push/pull, then each context's Adam.
 MXNet 1.9.1's pip wheel is built with the distributed kvstore (`mx.runtime.Features()` lists
 DIST_KVSTORE): `dist_sync` over several processes or hosts is in the README's
-"Data-parallel" section. One process has no replica that can die alone.
+"Data-parallel" section. One process has no replica that can die alone. The other
+combinations (`DataParallelVariant`) run the chapter step's way on the same contexts and
+kvstore: their forward and backward per context, then their Trainer's `step(1)`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from mxnet import autograd, gluon
 from backends.base import ADAM_BETAS, ADAM_EPS, AdamState, Params
 from backends.mxnet import fast, model
 from backends.mxnet.backend import BATCH_DTYPES, ChapterStep, MXNetBackend
+from backends.mxnet.variants import VariantBackend
 from common import parallel
 from common.batching import Batch
 from common.errors import ConfigError
@@ -153,6 +156,16 @@ class FastSteps:
                     moment.as_in_context(step.context) for moment in step.optimizer.moments[index])
 
 
+def replica_contexts(context: mx.Context, replicas: int) -> list[mx.Context]:
+    """`replicas` contexts of `context`'s kind: cpu(0 .. N-1), or N GPUs (one line if absent)."""
+    if context.device_type == "cpu":
+        return [mx.cpu(index) for index in range(replicas)]
+    if mx.context.num_gpus() < replicas:
+        raise ConfigError(f"--data-parallel {replicas} needs {replicas} GPUs; MXNet "
+                          f"sees {mx.context.num_gpus()}")
+    return [mx.gpu(index) for index in range(replicas)]
+
+
 class DataParallelBackend(MXNetBackend):
     """`MXNetBackend` over `replicas` contexts of the chosen kind."""
 
@@ -161,13 +174,7 @@ class DataParallelBackend(MXNetBackend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        if self.context.device_type == "cpu":
-            self.contexts = [mx.cpu(index) for index in range(replicas)]
-        else:
-            if mx.context.num_gpus() < replicas:
-                raise ConfigError(f"--data-parallel {replicas} needs {replicas} GPUs; MXNet "
-                                  f"sees {mx.context.num_gpus()}")
-            self.contexts = [mx.gpu(index) for index in range(replicas)]
+        self.contexts = replica_contexts(self.context, replicas)
         self.context, self.replicas = self.contexts[0], len(self.contexts)
         self.net.collect_params().reset_ctx(self.contexts)
         if step == "chapter":
@@ -198,3 +205,18 @@ class DataParallelBackend(MXNetBackend):
         if self.step == "chapter":
             return self.trainer.train_step(batch, lr)
         return self.trainer.train_step(self._tables_per_context(), batch, lr)
+
+
+class DataParallelVariant(VariantBackend):
+    """The other combinations (`variants.VariantBackend`, which splits each batch over its
+    contexts) on `replicas` contexts, their Trainer's kvstore summing the gradients."""
+
+    trainer_options = {"kvstore": KVSTORE, "update_on_kvstore": False}
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int,
+                 **options: Any) -> None:
+        super().__init__(vocab_size, embed_size, **options)
+        self.contexts = replica_contexts(self.context, replicas)
+        self.context, self.replicas = self.contexts[0], len(self.contexts)
+        self.net.collect_params().reset_ctx(self.contexts)
+        self.init_params(self.seed)  # every context's copy, and a Trainer over them all

@@ -1,6 +1,6 @@
 """word2vec's four combinations in MXNet Gluon: `nn.Embedding` tables, CBOW's context mean,
 hierarchical softmax's inner-node table, `autograd.record()`, `backward()` through one
-hybridized graph, and `gluon.Trainer(..., 'adam')` (given torch's eps placement,
+hybridized graph, and `gluon.Trainer(..., 'adam')` or `'sgd'` (Adam given torch's eps placement,
 `model.torch_epsilon`, and `step(1)` on the summed objective, as the chapter step).
 
 The shapes and the objective are `common.variants'`; the oracle is
@@ -19,6 +19,7 @@ from mxnet.gluon import nn
 from backends.mxnet import model as chapter
 from backends.mxnet.backend import MXNetBackend, mxnet_context
 from backends.variant_base import VariantMixin, VariantState
+from common import parallel
 from common.variants import VariantBatch, input_table, output_table
 
 DTYPES = (np.int32, np.float32, np.int32, np.float32, np.float32)
@@ -66,6 +67,8 @@ class Word2VecVariant(gluon.HybridBlock):
 class VariantBackend(VariantMixin, MXNetBackend):
     """The four combinations through Gluon's autograd and Trainer."""
 
+    trainer_options: dict[str, Any] = {}  # the data-parallel engine's kvstore
+
     def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
                  max_window: int, num_noise: int, counts: np.ndarray | None = None,
                  tree: Any = None, **options: Any) -> None:
@@ -73,6 +76,7 @@ class VariantBackend(VariantMixin, MXNetBackend):
 
         Backend.__init__(self, vocab_size, embed_size, **options)
         self.context = mxnet_context(self.device)
+        self.contexts = [self.context]  # the data-parallel engine's are several
         self.setup_variant(model, loss, max_window=max_window, num_noise=num_noise,
                            counts=counts, tree=tree)
         self.net = Word2VecVariant(vocab_size, embed_size, model, loss)
@@ -85,19 +89,26 @@ class VariantBackend(VariantMixin, MXNetBackend):
                         if name in (input_table(model), output_table(model, loss))]
         self.init_params(self.seed)
 
-    def _arrays(self, batch: VariantBatch) -> list[mx.np.ndarray]:
-        return [mx.np.array(array, dtype=dtype, ctx=self.context)
+    def _arrays(self, batch: VariantBatch,
+                context: mx.Context | None = None) -> list[mx.np.ndarray]:
+        return [mx.np.array(array, dtype=dtype, ctx=context or self.context)
                 for array, dtype in zip(batch, DTYPES)]
 
     def _new_trainer(self) -> None:
         beta1, beta2 = chapter.ADAM_BETAS
         # The Updater numbers its states in the order of this list.
-        self.trainer = gluon.Trainer([self.parameters[name] for name in self.trained], "adam",
+        trained = [self.parameters[name] for name in self.trained]
+        if self.optimizer == "sgd":  # plain `w -= lr grad`: no momentum, no weight decay
+            self.trainer = gluon.Trainer(trained, "sgd", {"learning_rate": self.lr},
+                                         **self.trainer_options)
+            return
+        self.trainer = gluon.Trainer(trained, "adam",
                                      {"learning_rate": self.lr, "beta1": beta1, "beta2": beta2,
-                                      "epsilon": chapter.ADAM_EPS})
+                                      "epsilon": chapter.ADAM_EPS}, **self.trainer_options)
 
     def get_tables(self) -> dict[str, np.ndarray]:
-        return {name: parameter.data().asnumpy() for name, parameter in self.parameters.items()}
+        return {name: parameter.data(self.context).asnumpy()
+                for name, parameter in self.parameters.items()}
 
     def set_tables(self, tables: dict[str, np.ndarray]) -> None:
         self.check_tables(tables, "parameter table")
@@ -108,6 +119,8 @@ class VariantBackend(VariantMixin, MXNetBackend):
         self.adam_steps = 0
 
     def optimizer_tables(self) -> VariantState:
+        if self.optimizer == "sgd":
+            return VariantState(self.adam_steps, self.empty_moments(), self.empty_moments())
         # Adam's moments live in the Trainer's Updater: a pickle of {index: (mean, var)}.
         states = pickle.loads(self.trainer._updaters[0].get_states(dump_optimizer=False))
         moments: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
@@ -119,25 +132,44 @@ class VariantBackend(VariantMixin, MXNetBackend):
         return VariantState(self.adam_steps, *moments)
 
     def load_optimizer_tables(self, state: VariantState) -> None:
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            self.check_tables(moments, "optimizer state")
+        self.check_moments(state)
         self._new_trainer()
-        states = {index: tuple(mx.nd.array(np.asarray(values[name], np.float32), ctx=self.context)
-                               for values in (state.exp_avg, state.exp_avg_sq))
-                  for index, name in enumerate(self.trained)}
-        self.trainer._updaters[0].set_states(pickle.dumps(states))
-        # MXNet's Adam counts t per parameter; the next step is t + 1 for every table.
-        self.trainer.optimizer._index_update_count.update(
-            {index: int(state.step) for index in range(len(self.trained))})
-        self.trainer.optimizer.num_update = int(state.step)
+        self.adam_steps = int(state.step)
+        if self.optimizer == "sgd":  # no state but the step count (the schedule's position)
+            return
+        optimizer = self.trainer.optimizer
+        for context, updater in zip(self.contexts, self.trainer._updaters):  # one per context
+            states = {index: tuple(mx.nd.array(np.asarray(values[name], np.float32), ctx=context)
+                                   for values in (state.exp_avg, state.exp_avg_sq))
+                      for index, name in enumerate(self.trained)}
+            updater.set_states(pickle.dumps(states))
+            # MXNet's Adam counts t per parameter and context; the next step is t + 1.
+            optimizer._set_current_context(context.device_id)
+            optimizer._index_update_count.update(
+                {index: int(state.step) for index in range(len(self.trained))})
+        optimizer.num_update = int(state.step)
         self.adam_steps = int(state.step)
 
-    def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
+    def _backward(self, batch: VariantBatch) -> mx.np.ndarray:
+        """Forward and backward of each context's share of `batch` (one context: all of it);
+        the summed loss, on the first context."""
+        shares = parallel.shards(batch, len(self.contexts))
         with autograd.record():
-            losses = self.net(*self._arrays(batch))
-        losses.backward()
-        return float(losses.sum().asnumpy()), {
-            name: parameter.grad().asnumpy() if name in self.trained else
+            losses = [self.net(*self._arrays(share, context))
+                      for share, context in zip(shares, self.contexts)]
+        for loss in losses:
+            loss.backward()
+        total = losses[0].sum()
+        for loss in losses[1:]:
+            total = total + loss.sum().as_in_context(self.context)
+        return total
+
+    def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
+        total = self._backward(batch)
+        if len(self.contexts) > 1:
+            self.trainer.allreduce_grads()  # what `step` sums, without the update
+        return float(total.asnumpy()), {
+            name: parameter.grad(self.context).asnumpy() if name in self.trained else
             np.zeros(self.table_shape(name), np.float32)
             for name, parameter in self.parameters.items()}
 
@@ -146,9 +178,8 @@ class VariantBackend(VariantMixin, MXNetBackend):
 
     def variant_step(self, batch: VariantBatch, lr: float) -> mx.np.ndarray:
         self.trainer.set_learning_rate(lr)
-        with autograd.record():
-            losses = self.net(*self._arrays(batch))
-        losses.backward()
-        self.trainer.optimizer.epsilon = chapter.torch_epsilon(self.adam_steps)
-        self.trainer.step(1)
-        return losses.sum()
+        total = self._backward(batch)
+        if self.optimizer != "sgd":
+            self.trainer.optimizer.epsilon = chapter.torch_epsilon(self.adam_steps)
+        self.trainer.step(1)  # several contexts: their kvstore sums the gradients first
+        return total

@@ -63,7 +63,8 @@ def objective_and_gradients(tables: dict[str, np.ndarray], batch: VariantBatch, 
 
 
 class VariantBackend(VariantMixin, NumpyBackend):
-    """The four combinations in NumPy: the oracle's gradient and `optim.adam_update`."""
+    """The four combinations in NumPy: the oracle's gradient and `optim.adam_update`, or
+    sgd's `w -= lr grad`."""
 
     def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
                  max_window: int, num_noise: int, counts: np.ndarray | None = None,
@@ -83,8 +84,7 @@ class VariantBackend(VariantMixin, NumpyBackend):
     def set_tables(self, tables: dict[str, np.ndarray]) -> None:
         self.check_tables(tables, "parameter table")
         self._tables = {name: np.array(tables[name], np.float32) for name in self.table_names}
-        self._moments = [{name: np.zeros_like(table) for name, table in self._tables.items()}
-                         for _ in range(2)]
+        self._moments = [self.empty_moments() for _ in range(2)]
         self.adam_steps = 0
 
     def optimizer_tables(self) -> VariantState:
@@ -93,8 +93,7 @@ class VariantBackend(VariantMixin, NumpyBackend):
         return VariantState(self.adam_steps, exp_avg, exp_avg_sq)
 
     def load_optimizer_tables(self, state: VariantState) -> None:
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            self.check_tables(moments, "optimizer state")
+        self.check_moments(state)
         self._moments = [{name: np.array(moments[name], np.float32) for name in self.table_names}
                          for moments in (state.exp_avg, state.exp_avg_sq)]
         self.adam_steps = int(state.step)
@@ -111,6 +110,9 @@ class VariantBackend(VariantMixin, NumpyBackend):
         loss, grads = objective_and_gradients(self._tables, batch, self.model_name,
                                               self.loss_name)
         for name, table in self._tables.items():
+            if self.optimizer == "sgd":  # the dense gradient: 0 on the untouched rows
+                table -= float(lr) * grads[name]
+                continue
             optim.adam_update(table, grads[name], self._moments[0][name], self._moments[1][name],
                               self.adam_steps, lr)
         return loss

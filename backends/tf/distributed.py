@@ -13,24 +13,29 @@ replica's part on its device:
 On a CPU the devices are logical CPUs, which must be configured before TensorFlow starts
 (`prepare_replicas`). `MultiWorkerMirroredStrategy` (TF_CONFIG) is the same code over
 several processes or hosts (README, "Data-parallel"); one process has no replica that can
-die alone.
+die alone. The other combinations (`DataParallelVariant`) run the chapter step's way under
+the same strategy: their tape and stock Keras optimiser on every replica.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from backends.base import Params, normalize_device
 from backends.tf import model
 from backends.tf.backend import TFBackend
+from backends.tf.variants import DTYPES, VariantBackend
 from common import parallel
 from common.batching import Batch
 from common.errors import ConfigError
+from common.variants import VariantBatch
 
+BATCH_DTYPES = (np.int32, np.int32, np.float32, np.float32)  # the chapter's batch
 SUM = tf.distribute.ReduceOp.SUM
 # The strategy of a TF_CONFIG cluster, made once by `reserve_logical_cpus`.
 _STRATEGY: tf.distribute.Strategy | None = None
@@ -77,14 +82,15 @@ def reserve_logical_cpus(replicas: int) -> None:
                               f"fresh process (`w2v train` does)") from None
 
 
-class DataParallelBackend(TFBackend):
-    """`TFBackend` under a `MirroredStrategy` of `replicas` devices."""
+class MirroredReplicas:
+    """The engine, whatever the model: a `MirroredStrategy` over `replicas` devices, each
+    global batch split into their shares, gradients summed by the strategy. Put it first in
+    the bases, before the single-device backend it distributes, and build that backend in
+    `self.strategy.scope()`."""
 
     steps_per_call = 1
 
-    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
-                 step: str = "fast") -> None:
+    def _mirror(self, replicas: int, device: str) -> None:
         kind, _ = normalize_device(device)
         kind = kind.upper()
         workers, self.rank = cluster()
@@ -99,61 +105,41 @@ class DataParallelBackend(TFBackend):
         if self.replicas != replicas:
             raise ConfigError(f"--data-parallel is {replicas} but the TF_CONFIG cluster has "
                               f"{self.replicas} replicas: launch one worker per share")
-        with self.strategy.scope():
-            super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                             optimizer=optimizer, step=step)
-        self.steps_per_call = 1
-        self._replicated_step = tf.function(self._step_graph)
-        self._replicated_grads = tf.function(self._grads_graph)
 
-    def _distribute(self, batch: Batch) -> tuple[Any, ...]:
+    def _distribute(self, batch: Any, dtypes: Sequence[Any]) -> tuple[Any, ...]:
         """A global batch -> per-replica tensors, replica r's share on device r."""
         shares = parallel.shards(batch, self.replicas)
 
         def share(index: int) -> Any:
             return self.strategy.experimental_distribute_values_from_function(
                 lambda context: tf.constant(np.asarray(
-                    shares[context.replica_id_in_sync_group][index],
-                    dtype=(np.int32, np.int32, np.float32, np.float32)[index])))
+                    shares[context.replica_id_in_sync_group][index], dtype=dtypes[index])))
 
-        return tuple(share(index) for index in range(4))
+        return tuple(share(index) for index in range(len(dtypes)))
 
-    def _replica_gradients(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """One replica's share: its summed objective and dense gradients."""
-        if self.step == "chapter":
-            return model.objective_and_gradients(self.model, *batch)
-        loss, gradients = self.trainer._gradients(*batch)
-        return loss, list(gradients)
-
-    def _grads_graph(self, *batch: Any) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        loss, gradients = self.strategy.run(self._replica_gradients, args=batch)
+    def _summed(self, gradients_of: Callable, batch: tuple[Any, ...]
+                ) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """`gradients_of` (a replica's share -> its loss and dense gradients) on every
+        replica, the results summed."""
+        loss, gradients = self.strategy.run(gradients_of, args=batch)
         # One reduction each: MultiWorkerMirroredStrategy cannot pack tensors of mixed ranks.
         return (self.strategy.reduce(SUM, loss, axis=None),
                 [self.strategy.reduce(SUM, gradient, axis=None) for gradient in gradients])
 
-    def _step_graph(self, centers: Any, contexts_negatives: Any, masks: Any, labels: Any,
-                    lr: tf.Tensor, rows: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        if self.step == "chapter":
-            optimizer = self.trainer.optimizer
-            optimizer.learning_rate = lr
+    def _apply(self, optimizer: keras.optimizers.Optimizer, gradients_of: Callable,
+               variables: list[Any], batch: tuple[Any, ...], lr: tf.Tensor) -> tf.Tensor:
+        """The chapter's tape and `optimizer.apply_gradients` on every replica's share; Keras
+        sums the replicas' gradients (all-reduce SUM) before it updates each copy."""
+        optimizer.learning_rate = lr
+        if isinstance(optimizer, keras.optimizers.Adam):
             optimizer.epsilon.assign(model.torch_epsilon(optimizer.iterations + 1))
 
-            def replica(*batch: tf.Tensor) -> tf.Tensor:
-                loss, gradients = model.objective_and_gradients(self.model, *batch)
-                # Keras sums the replicas' gradients (all-reduce SUM), then updates each copy.
-                optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-                return loss
+        def replica(*share: tf.Tensor) -> tf.Tensor:
+            loss, gradients = gradients_of(*share)
+            optimizer.apply_gradients(zip(gradients, variables))
+            return loss
 
-            losses = self.strategy.run(replica, args=(centers, contexts_negatives, masks,
-                                                      labels))
-            return self.strategy.reduce(SUM, losses, axis=None)
-        loss, gradients = self._grads_graph(centers, contexts_negatives, masks, labels)
-        tables = self.model.tables
-        if self.trainer.sparse:  # the rows of the global batch, which every worker has
-            self.trainer.adam.apply_rows(tuple(gradients), rows, tables, lr)
-        else:
-            self.trainer.adam.apply(tuple(gradients), tables, lr)
-        return loss
+        return self.strategy.reduce(SUM, self.strategy.run(replica, args=batch), axis=None)
 
     def agree_to_stop(self, signum: int) -> int:
         if _STRATEGY is None:
@@ -164,8 +150,51 @@ class DataParallelBackend(TFBackend):
         asked = np.flatnonzero(self.strategy.reduce(SUM, flags, axis=None).numpy()[1:])
         return int(asked[-1]) + 1 if len(asked) else 0
 
+    def train_steps(self, batches: Sequence[Any]) -> list[tf.Tensor]:
+        return [self.train_step(batch) for batch in batches]  # type: ignore[attr-defined]
+
+
+class DataParallelBackend(MirroredReplicas, TFBackend):
+    """`TFBackend` under a `MirroredStrategy` of `replicas` devices."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
+        self._mirror(replicas, device)
+        with self.strategy.scope():
+            super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
+                             optimizer=optimizer, step=step)
+        self.steps_per_call = 1
+        self._replicated_step = tf.function(self._step_graph)
+        self._replicated_grads = tf.function(self._grads_graph)
+
+    def _replica_gradients(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """One replica's share: its summed objective and dense gradients."""
+        if self.step == "chapter":
+            return model.objective_and_gradients(self.model, *batch)
+        loss, gradients = self.trainer._gradients(*batch)
+        return loss, list(gradients)
+
+    def _grads_graph(self, *batch: Any) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        return self._summed(self._replica_gradients, batch)
+
+    def _step_graph(self, centers: Any, contexts_negatives: Any, masks: Any, labels: Any,
+                    lr: tf.Tensor, rows: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        batch = (centers, contexts_negatives, masks, labels)
+        if self.step == "chapter":
+            return self._apply(self.trainer.optimizer,
+                               lambda *share: model.objective_and_gradients(self.model, *share),
+                               self.model.trainable_variables, batch, lr)
+        loss, gradients = self._grads_graph(*batch)
+        tables = self.model.tables
+        if self.trainer.sparse:  # the rows of the global batch, which every worker has
+            self.trainer.adam.apply_rows(tuple(gradients), rows, tables, lr)
+        else:
+            self.trainer.adam.apply(tuple(gradients), tables, lr)
+        return loss
+
     def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
-        loss, gradients = self._replicated_grads(*self._distribute(batch))
+        loss, gradients = self._replicated_grads(*self._distribute(batch, BATCH_DTYPES))
         return float(loss), Params(*(np.asarray(g) for g in gradients))
 
     def train_step(self, batch: Batch) -> tf.Tensor:
@@ -173,7 +202,32 @@ class DataParallelBackend(TFBackend):
         batch = parallel.pad_rows(batch, self.replicas)  # as the shares are
         rows = tuple(tf.constant(np.asarray(ids, np.int32).reshape(-1))
                      for ids in (batch.centers, batch.contexts_negatives))
-        return self._replicated_step(*self._distribute(batch), lr, rows)
+        return self._replicated_step(*self._distribute(batch, BATCH_DTYPES), lr, rows)
 
-    def train_steps(self, batches: Sequence[Batch]) -> list[tf.Tensor]:
-        return [self.train_step(batch) for batch in batches]
+
+class DataParallelVariant(MirroredReplicas, VariantBackend):
+    """The other combinations (`variants.VariantBackend`) under the same strategy: their
+    tape and stock Keras optimiser on every replica's share (not XLA-compiled here: the
+    strategy's all-reduce runs between the tape and the update)."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, device: str = "cpu",
+                 **options: Any) -> None:
+        self._mirror(replicas, device)
+        with self.strategy.scope():
+            super().__init__(vocab_size, embed_size, device=device, **options)
+        self._replicated_step = tf.function(self._step_on_replicas)
+        self._replicated_grads = tf.function(
+            lambda *batch: self._summed(self._gradients_graph, batch))
+
+    def _step_on_replicas(self, *batch_and_lr: Any) -> tf.Tensor:
+        *batch, lr = batch_and_lr
+        return self._apply(self.keras_optimizer, self._gradients_graph,
+                           list(self.weights_by_name.values()), tuple(batch), lr)
+
+    def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
+        loss, gradients = self._replicated_grads(*self._distribute(batch, DTYPES))
+        return float(loss), {name: np.asarray(g) for name, g in zip(self.table_names, gradients)}
+
+    def variant_step(self, batch: VariantBatch, lr: float) -> tf.Tensor:
+        return self._replicated_step(*self._distribute(batch, DTYPES),
+                                     tf.constant(lr, tf.float32))

@@ -1,6 +1,6 @@
 """word2vec's four combinations in TensorFlow/Keras: `keras.layers.Embedding` tables, CBOW's
 context mean, hierarchical softmax's inner-node table, one `tf.GradientTape` and Keras' Adam
-(given torch's eps placement, `model.torch_epsilon`) in an XLA-compiled `tf.function`.
+(given torch's eps placement, `model.torch_epsilon`) or SGD in an XLA-compiled `tf.function`.
 
 The shapes and the objective are `common.variants'`; the oracle is
 `backends/numpy/variants.py`. Both steps run this autodiff step (no tuned one).
@@ -67,7 +67,7 @@ class Word2VecVariant(keras.Model):
 
 
 class VariantBackend(VariantMixin, TFBackend):
-    """The four combinations through `tf.GradientTape` and `keras.optimizers.Adam`."""
+    """The four combinations through `tf.GradientTape` and `keras.optimizers.Adam` or `SGD`."""
 
     def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
                  max_window: int, num_noise: int, counts: np.ndarray | None = None,
@@ -81,17 +81,20 @@ class VariantBackend(VariantMixin, TFBackend):
                            counts=counts, tree=tree)
         with tf.device(self.tf_device):
             self.net = Word2VecVariant(vocab_size, embed_size, model, loss)
-            self.optimizer = chapter.adam(self.lr)
+            self.keras_optimizer = keras.optimizers.SGD(self.lr) if self.optimizer == "sgd" \
+                else chapter.adam(self.lr)
             # The Keras variables in `table_names` order, for the tape and the optimiser.
             self.weights_by_name = {name: self.net.tables[name].embeddings
                                     for name in self.table_names}
-            self.optimizer.build(list(self.weights_by_name.values()))
-            slots = {variable.name: variable.value for variable in self.optimizer.variables}
+            self.keras_optimizer.build(list(self.weights_by_name.values()))
+            slots = {variable.name: variable.value
+                     for variable in self.keras_optimizer.variables}
             self.variables = {name: weight.value for name, weight in self.weights_by_name.items()}
-            # Keras names each slot `<variable path with _>_<momentum|velocity>`.
+            # Keras names each slot `<variable path with _>_<momentum|velocity>` (sgd: none).
             self.moments = tuple({name: slots[f"{weight.path.replace('/', '_')}_{kind}"]
                                   for name, weight in self.weights_by_name.items()}
-                                 for kind in ("momentum", "velocity"))
+                                 for kind in ("momentum", "velocity")) \
+                if self.optimizer != "sgd" else ({}, {})
         self._step = tf.function(self._step_graph, jit_compile=True,
                                  input_signature=(*SIGNATURE, tf.TensorSpec([], tf.float32)))
         self._gradients = tf.function(self._gradients_graph, input_signature=SIGNATURE,
@@ -111,9 +114,11 @@ class VariantBackend(VariantMixin, TFBackend):
     def _step_graph(self, *batch_and_lr: tf.Tensor) -> tf.Tensor:
         *batch, lr = batch_and_lr
         loss, gradients = self._gradients_graph(*batch)
-        self.optimizer.learning_rate = lr
-        self.optimizer.epsilon.assign(chapter.torch_epsilon(self.optimizer.iterations + 1))
-        self.optimizer.apply_gradients(zip(gradients, self.weights_by_name.values()))
+        self.keras_optimizer.learning_rate = lr
+        if self.optimizer != "sgd":
+            self.keras_optimizer.epsilon.assign(
+                chapter.torch_epsilon(self.keras_optimizer.iterations + 1))
+        self.keras_optimizer.apply_gradients(zip(gradients, self.weights_by_name.values()))
         return loss
 
     def _tensors(self, batch: VariantBatch) -> list[tf.Tensor]:
@@ -128,22 +133,22 @@ class VariantBackend(VariantMixin, TFBackend):
         self.check_tables(tables, "parameter table")
         for name, variable in self.variables.items():
             variable.assign(np.asarray(tables[name], np.float32))
-        self.load_optimizer_tables(VariantState(0, *({name: np.zeros(self.table_shape(name),
-                                                                     np.float32)
-                                                      for name in self.table_names}
-                                                     for _ in range(2))))
+        self.load_optimizer_tables(VariantState(0, self.empty_moments(), self.empty_moments()))
 
     def optimizer_tables(self) -> VariantState:
-        return VariantState(int(self.optimizer.iterations.numpy()),
+        if self.optimizer == "sgd":
+            return VariantState(int(self.keras_optimizer.iterations.numpy()),
+                                self.empty_moments(), self.empty_moments())
+        return VariantState(int(self.keras_optimizer.iterations.numpy()),
                             *({name: np.array(moment.numpy()) for name, moment in kind.items()}
                               for kind in self.moments))
 
     def load_optimizer_tables(self, state: VariantState) -> None:
+        self.check_moments(state)
         for moments, values in zip(self.moments, (state.exp_avg, state.exp_avg_sq)):
-            self.check_tables(values, "optimizer state")
             for name, moment in moments.items():
                 moment.assign(np.asarray(values[name], np.float32))
-        self.optimizer.iterations.assign(int(state.step))
+        self.keras_optimizer.iterations.assign(int(state.step))
         self.adam_steps = int(state.step)
 
     def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
@@ -160,4 +165,4 @@ class VariantBackend(VariantMixin, TFBackend):
             return self._step(*self._tensors(batch), tf.constant(lr, tf.float32))
 
     def synchronize(self) -> None:
-        self.optimizer.iterations.numpy()
+        self.keras_optimizer.iterations.numpy()

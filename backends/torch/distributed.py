@@ -10,9 +10,10 @@ over gloo on CPU and NCCL on CUDA, and trains on its share of every global batch
   (written for it, but the config refuses sparse optimisers with replicas until a parity
   test covers them);
 - fast step: its dense gradients, written out, then one explicit `all_reduce(SUM)` per table.
-Every replica then takes the same Adam step. Collectives time out after
-W2V_COLLECTIVE_TIMEOUT_S (45 s, gloo's default is 30 minutes), and a failed one raises
-`ReplicaLost` instead of a traceback.
+Every replica then takes the same Adam step. The other combinations (`DataParallelVariant`)
+run the chapter step's way: DDP around their objective, then their stock optimiser.
+Collectives time out after W2V_COLLECTIVE_TIMEOUT_S (45 s, gloo's default is 30 minutes), and
+a failed one raises `ReplicaLost` instead of a traceback.
 """
 from __future__ import annotations
 
@@ -30,22 +31,23 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backends.base import Params, normalize_device
 from backends.torch.backend import TorchBackend
+from backends.torch.variants import VariantBackend
 from common import parallel
 from common.batching import Batch
 from common.errors import ConfigError
+from common.variants import VariantBatch
 
 
 class _Objective(nn.Module):
-    """The chapter's summed objective as a module's `forward`, which DDP wraps (DDP hooks
-    its gradient all-reduce into the backward of what its forward returns)."""
+    """A model's summed objective as a module's `forward`, which DDP wraps (DDP hooks its
+    gradient all-reduce into the backward of what its forward returns)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, centers: Tensor, contexts_negatives: Tensor, masks: Tensor,
-                labels: Tensor) -> Tensor:
-        return self.net.objective(centers, contexts_negatives, masks, labels)
+    def forward(self, *batch: Tensor) -> Tensor:
+        return self.net.objective(*batch)
 
 
 @contextlib.contextmanager
@@ -91,24 +93,39 @@ def _leave() -> None:
             dist.destroy_process_group()
 
 
-class DataParallelBackend(TorchBackend):
-    """`TorchBackend` as one of `replicas` processes, each on its share of every batch."""
+class Replicas:
+    """The engine, whatever the model: this process's share of every global batch, DDP's
+    summed gradients, and the collectives the epoch driver needs. Put it first in the bases,
+    before the single-replica backend it distributes."""
 
-    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
-                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
-                 step: str = "fast") -> None:
+    rank: int
+    replicas: int
+    _ddp: DistributedDataParallel | None = None
+
+    def _join(self, replicas: int, device: str) -> str:
+        """Join the group; this replica's device."""
         self.rank, device = join_process_group(replicas, device)
         self.replicas = dist.get_world_size()
-        super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
-                         optimizer=optimizer, step=step)
-        self._ddp: DistributedDataParallel | None = None
-        if self._autograd:
-            ids = [self.torch_device] if self.torch_device.type == "cuda" else None
-            with _collective(self.rank):
-                self._ddp = DistributedDataParallel(_Objective(self.model), device_ids=ids)
+        return device
 
-    def _shard(self, batch: Batch) -> Batch:
-        return parallel.shard(batch, self.replicas, self.rank)
+    def _wrap(self, net: nn.Module, *, unused_tables: bool = False) -> None:
+        """DDP around `net`'s objective; `unused_tables`: some table takes no part in the
+        objective (hierarchical softmax leaves one of the pair out), which DDP must be told."""
+        device = self.torch_device  # type: ignore[attr-defined]
+        ids = [device] if device.type == "cuda" else None
+        with _collective(self.rank):
+            self._ddp = DistributedDataParallel(_Objective(net), device_ids=ids,
+                                                find_unused_parameters=unused_tables)
+
+    def _ddp_step(self, optimizer: torch.optim.Optimizer, tensors: list[Tensor]) -> Tensor:
+        """The chapter's loop body through DDP: this replica's share forward and backward,
+        the gradients summed, then the same optimiser step on every replica."""
+        optimizer.zero_grad(set_to_none=True)
+        with _collective(self.rank):
+            loss = self._ddp(*tensors)  # type: ignore[misc]
+            (loss * self.replicas).backward()  # DDP's mean of N * grad_r is sum_r grad_r
+        optimizer.step()
+        return loss.detach()
 
     def _all_reduce(self, tensors: list[Tensor]) -> None:
         """Sum `tensors` over the replicas, in place (all started before any is awaited)."""
@@ -117,36 +134,74 @@ class DataParallelBackend(TorchBackend):
                          for t in tensors]:
                 work.wait()
 
+    def _summed(self, loss: float, grads: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        """This replica's loss and gradients -> the global batch's (one collective)."""
+        tensors = [torch.tensor([loss], dtype=torch.float64),
+                   *(torch.from_numpy(np.ascontiguousarray(g)) for g in grads)]
+        self._all_reduce(tensors)
+        return float(tensors[0]), [t.numpy() for t in tensors[1:]]
+
     def stack_losses(self, losses: list[Any]) -> np.ndarray:
         """The global batches' losses: each replica's shares, summed (one collective)."""
         stacked = torch.stack(losses)
         self._all_reduce([stacked])
         return stacked.cpu().numpy()
 
-    def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
-        loss, grads = super().loss_and_grads(self._shard(batch))
-        tensors = [torch.tensor([loss], dtype=torch.float64),
-                   *(torch.from_numpy(np.ascontiguousarray(g)) for g in grads)]
-        self._all_reduce(tensors)
-        return float(tensors[0]), Params(*(t.numpy() for t in tensors[1:]))
-
-    def train_step(self, batch: Batch) -> Tensor:
-        shard = self._shard(batch)
-        self._set_step_lr()
-        if self._ddp is not None:  # the chapter's loop body, through DDP
-            self._optimizer.zero_grad(set_to_none=True)
-            with _collective(self.rank):
-                loss = self._ddp(*self._batch_tensors(shard))
-                (loss * self.replicas).backward()  # DDP's mean of N * grad_r is sum_r grad_r
-            self._optimizer.step()
-            return loss.detach()
-        loss = self._dense_gradients(shard)
-        self._all_reduce(list(table.grad for table in self._tables))
-        self._optimizer.step()
-        return loss
-
     def agree_to_stop(self, signum: int) -> int:
         flag = torch.tensor([signum], dtype=torch.int64)
         with _collective(self.rank):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag)
+
+
+class DataParallelBackend(Replicas, TorchBackend):
+    """`TorchBackend` as one of `replicas` processes, each on its share of every batch."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, lr: float = 0.002,
+                 device: str = "cpu", seed: int = 0, optimizer: str = "adam",
+                 step: str = "fast") -> None:
+        device = self._join(replicas, device)
+        super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
+                         optimizer=optimizer, step=step)
+        if self._autograd:
+            self._wrap(self.model)
+
+    def _shard(self, batch: Batch) -> Batch:
+        return parallel.shard(batch, self.replicas, self.rank)
+
+    def loss_and_grads(self, batch: Batch) -> tuple[float, Params]:
+        loss, grads = self._summed(*super().loss_and_grads(self._shard(batch)))
+        return loss, Params(*grads)
+
+    def train_step(self, batch: Batch) -> Tensor:
+        shard = self._shard(batch)
+        self._set_step_lr()
+        if self._ddp is not None:  # the chapter's loop body, through DDP
+            return self._ddp_step(self._optimizer, list(self._batch_tensors(shard)))
+        loss = self._dense_gradients(shard)
+        self._all_reduce(list(table.grad for table in self._tables))
+        self._optimizer.step()
+        return loss
+
+
+class DataParallelVariant(Replicas, VariantBackend):
+    """The other combinations (`variants.VariantBackend`) on the same engine: DDP around
+    their objective, their stock optimiser on every replica."""
+
+    def __init__(self, vocab_size: int, embed_size: int, *, replicas: int, device: str = "cpu",
+                 **options: Any) -> None:
+        device = self._join(replicas, device)
+        super().__init__(vocab_size, embed_size, device=device, **options)
+        self._wrap(self.net, unused_tables=self.loss_name == "hsoftmax")
+
+    def variant_loss_and_grads(self, batch: VariantBatch) -> tuple[float, dict[str, np.ndarray]]:
+        loss, grads = super().variant_loss_and_grads(
+            parallel.shard(batch, self.replicas, self.rank))
+        loss, summed = self._summed(loss, list(grads.values()))
+        return loss, dict(zip(grads, summed))
+
+    def variant_step(self, batch: VariantBatch, lr: float) -> Tensor:
+        for group in self.torch_optimizer.param_groups:
+            group["lr"] = lr
+        return self._ddp_step(self.torch_optimizer,
+                              self._tensors(parallel.shard(batch, self.replicas, self.rank)))

@@ -1,5 +1,6 @@
 """word2vec's four combinations in PyTorch: `nn.Embedding` tables, CBOW's context mean,
-hierarchical softmax's inner-node table, trained by autograd and `torch.optim.Adam`.
+hierarchical softmax's inner-node table, trained by autograd and `torch.optim.Adam` or
+`torch.optim.SGD`.
 
 The shapes and the objective are `common.variants`'; the oracle is
 `backends/numpy/variants.py`. Both steps run this autodiff step (no tuned one).
@@ -56,7 +57,7 @@ class Word2VecVariant(nn.Module):
 
 
 class VariantBackend(VariantMixin, TorchBackend):
-    """The four combinations through autograd and `torch.optim.Adam`."""
+    """The four combinations through autograd and `torch.optim.Adam` or `SGD`."""
 
     def __init__(self, vocab_size: int, embed_size: int, *, model: str, loss: str,
                  max_window: int, num_noise: int, counts: np.ndarray | None = None,
@@ -70,6 +71,12 @@ class VariantBackend(VariantMixin, TorchBackend):
                            counts=counts, tree=tree)
         self.net = Word2VecVariant(vocab_size, embed_size, model, loss).to(self.torch_device)
         self.init_params(self.seed)
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        """The stock optimiser, no state yet: Adam (the chapter's), or SGD."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(self.net.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
 
     def _weights(self) -> dict[str, Tensor]:
         return {name: getattr(self.net, name).weight for name in self.table_names}
@@ -88,26 +95,28 @@ class VariantBackend(VariantMixin, TorchBackend):
         with torch.no_grad():
             for name, weight in self._weights().items():
                 weight.copy_(torch.from_numpy(np.asarray(tables[name], np.float32)))
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=ADAM_BETAS,
-                                          eps=ADAM_EPS)
+        self.torch_optimizer = self._new_optimizer()
         self.adam_steps = 0
 
     def optimizer_tables(self) -> VariantState:
+        if self.optimizer == "sgd":
+            return VariantState(self.adam_steps, self.empty_moments(), self.empty_moments())
         moments: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
         for name, weight in self._weights().items():
-            state = self.optimizer.state.get(weight, {})
+            state = self.torch_optimizer.state.get(weight, {})
             for kind, out in zip(("exp_avg", "exp_avg_sq"), moments):
                 out[name] = state[kind].cpu().numpy().copy() if state else \
                     np.zeros(tuple(weight.shape), np.float32)
         return VariantState(self.adam_steps, *moments)
 
     def load_optimizer_tables(self, state: VariantState) -> None:
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            self.check_tables(moments, "optimizer state")
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=ADAM_BETAS,
-                                          eps=ADAM_EPS)
+        self.check_moments(state)
+        self.torch_optimizer = self._new_optimizer()
+        if self.optimizer == "sgd":  # no state but the step count (the schedule's position)
+            self.adam_steps = int(state.step)
+            return
         for name, weight in self._weights().items():
-            self.optimizer.state[weight] = {
+            self.torch_optimizer.state[weight] = {
                 "step": torch.tensor(float(state.step)),
                 "exp_avg": torch.tensor(np.asarray(state.exp_avg[name], np.float32),
                                         device=self.torch_device),
@@ -128,10 +137,10 @@ class VariantBackend(VariantMixin, TorchBackend):
         return self.net.objective(*self._tensors(batch))
 
     def variant_step(self, batch: VariantBatch, lr: float) -> Tensor:
-        for group in self.optimizer.param_groups:
+        for group in self.torch_optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        self.torch_optimizer.zero_grad(set_to_none=True)
         loss = self.net.objective(*self._tensors(batch))
         loss.backward()
-        self.optimizer.step()
+        self.torch_optimizer.step()
         return loss.detach()
