@@ -97,7 +97,8 @@ def test_the_setting_is_stored_checked_and_swept(tmp_path, capsys, corpus):
     assert json.loads((tmp_path / "one" / runs.CONFIG).read_text())["data_parallel"] == 1
 
 
-def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, monkeypatch):
+def _two_replicas_train_as_one(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch,
+                               backend: str, step: str, *extra: str) -> None:
     """Parameters after 3 steps (float32 tolerance) and the epoch loss (1e-4 relative).
 
     One replica in this process, two in a subprocess (JAX and TensorFlow have started here
@@ -105,10 +106,10 @@ def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, mo
     it stops after 8, and both are compared there.
     """
     one, two = tmp_path / "one", tmp_path / "two"
-    steps = 8 if (framework_backend, step) == ("tf", "fast") else 3
+    steps = 8 if (backend, step) == ("tf", "fast") else 3
     monkeypatch.setenv("W2V_INTERRUPT_AFTER_BATCHES", str(steps))
-    assert main(_args(corpus, one, framework_backend, step)) == 130
-    double = _w2v(_args(corpus, two, framework_backend, step, "--data-parallel", "2"))
+    assert main(_args(corpus, one, backend, step, *extra)) == 130
+    double = _w2v(_args(corpus, two, backend, step, *extra, "--data-parallel", "2"))
     assert double.returncode == 130, double.stderr
     assert "2 data-parallel replicas" in double.stdout  # as the engine counts them
     assert json.loads((two / runs.CONFIG).read_text())["data_parallel"] == 2
@@ -116,10 +117,26 @@ def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, mo
     params_one, params_two = _stopped_after(one, steps), _stopped_after(two, steps)
     assert_params_close(Params(params_two.center, params_two.context),
                         Params(params_one.center, params_one.context), rtol=RTOL, atol=ATOL)
+    if params_one.exp_avg[0].size:  # sparse_adam's moments: the touched rows' too
+        assert_params_close(Params(*params_two.exp_avg), Params(*params_one.exp_avg),
+                            rtol=RTOL, atol=ATOL)
     assert main(["train", "--resume", str(one), "--no-progress", "--query"]) == 0
     resumed = _w2v(["train", "--resume", str(two), "--no-progress", "--query"])
     assert resumed.returncode == 0, resumed.stderr
     np.testing.assert_allclose(_epoch_losses(two), _epoch_losses(one), rtol=1e-4)
+
+
+def test_two_replicas_train_as_one(tmp_path, corpus, framework_backend, step, monkeypatch):
+    _two_replicas_train_as_one(tmp_path, corpus, monkeypatch, framework_backend, step)
+
+
+@pytest.mark.parametrize("optimizer", ["sparse_adam", "sgd"])
+def test_two_replicas_train_sparse_optimisers_as_one(tmp_path, corpus, step, optimizer,
+                                                     monkeypatch, torch_replicas):
+    """torch's replicas all-reduce sparse gradients: DDP over `nn.Embedding(sparse=True)`
+    (chapter step), gloo's sparse all-reduce of the touched rows (fast step)."""
+    _two_replicas_train_as_one(tmp_path, corpus, monkeypatch, "torch", step,
+                               "--optimizer", optimizer)
 
 
 def test_a_killed_replica_stops_the_run_which_resumes_with_any_count(tmp_path, corpus, torch_replicas):
@@ -279,8 +296,10 @@ def test_the_replicas_benchmark_puts_n_beside_one_replica():
 
 
 @pytest.mark.parametrize("settings, works", [
-    (dict(optimizer="sgd"), "--optimizer sgd trains with --data-parallel 1"),
-    (dict(optimizer="sparse_adam"), "--optimizer sparse_adam trains with --data-parallel 1"),
+    (dict(backend="jax", optimizer="sgd"),
+     "--optimizer sgd trains with --data-parallel 1, or with replicas on --backend torch"),
+    (dict(backend="tf", optimizer="sparse_adam"),
+     "--optimizer sparse_adam trains with --data-parallel 1, or with replicas on --backend torch"),
     (dict(model="cbow"), "--model cbow --loss negative trains with --data-parallel 1"),
     (dict(loss="hsoftmax"), "--model skipgram --loss hsoftmax trains with --data-parallel 1"),
 ])
@@ -289,3 +308,9 @@ def test_replicas_refuse_what_no_parity_test_covers_naming_what_works(settings, 
         TrainConfig(data_parallel=2, **settings).validate()
     assert works in str(caught.value) and "\n" not in str(caught.value)
     TrainConfig(data_parallel=1, **settings).validate()  # one replica trains them
+
+
+@pytest.mark.parametrize("optimizer", ["sparse_adam", "sgd"])
+def test_torchs_replicas_take_the_sparse_optimisers(optimizer):
+    """gloo all-reduces sparse gradients: torch's replicas train them (parity test above)."""
+    TrainConfig(backend="torch", data_parallel=2, optimizer=optimizer).validate()

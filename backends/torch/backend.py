@@ -222,14 +222,22 @@ class TorchBackend(Backend):
         self._optimizer.step()
         return loss  # no .item(): the driver syncs only when it reports
 
+    def _touched_gradients(self, batch: Batch) -> tuple[torch.Tensor,
+                                                        list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(loss, [(rows, gradient)] per table): the rows `batch` touches and their gradients
+        (data-parallel replicas sum them over the global batch here)."""
+        loss, local, rows, grads = self._local_gradients(batch)
+        touched = []
+        for grad, mask in zip(grads, (local.center_touched, local.context_touched)):
+            where = torch.from_numpy(mask).to(self.torch_device)
+            touched.append((rows[where], grad[where]))
+        return loss, touched
+
     def _sparse_fast_step(self, batch: Batch) -> torch.Tensor:
         """sparse_adam or sgd on the touched rows alone, in the stock optimiser's state."""
         lr = self.next_lr()
-        loss, local, rows, grads = self._local_gradients(batch)
-        for table, grad, touched in zip(self._tables, grads,
-                                        (local.center_touched, local.context_touched)):
-            where = torch.from_numpy(touched).to(self.torch_device)
-            table_rows, grad = rows[where], grad[where]
+        loss, touched = self._touched_gradients(batch)
+        for table, (table_rows, grad) in zip(self._tables, touched):
             if self.optimizer == "sgd":
                 optim.sgd_rows(table, table_rows, grad, lr)
             else:
