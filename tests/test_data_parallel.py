@@ -283,6 +283,73 @@ def test_the_readmes_multi_host_launch_runs_as_two_local_processes(tmp_path, cor
     np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
+def _dist_sync_env(port: int, role: str) -> dict[str, str]:
+    """What MXNet's launcher sets for one role of 2 workers and 1 server over 127.0.0.1."""
+    return dict(os.environ, DMLC_ROLE=role, DMLC_PS_ROOT_URI="127.0.0.1",
+                DMLC_PS_ROOT_PORT=str(port), DMLC_NUM_WORKER="2", DMLC_NUM_SERVER="1",
+                DMLC_NODE_HOST="127.0.0.1")
+
+
+@pytest.mark.parametrize("step", ["chapter", "fast"])
+def test_mxnets_dist_sync_launch_runs_as_two_local_workers(tmp_path, corpus, step):
+    """The README's MXNet launch (scheduler, server, two workers, each `w2v train` with the
+    launcher's DMLC_* variables): the workers sum their shares' gradients through the
+    dist_sync kvstore and train as one replica does; every role ends by itself."""
+    require_backend("mxnet")
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(_args(corpus, reference, "mxnet", step, epochs=2)) == 0
+    port = _free_port()
+    command = [sys.executable, "-m", "common.cli",
+               *_args(corpus, run, "mxnet", step, "--data-parallel", "2", epochs=2)]
+    roles = ["scheduler", "server", "worker", "worker"]
+    processes = [subprocess.Popen(command, cwd=ROOT, env=_dist_sync_env(port, role),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for role in roles]
+    try:
+        outputs = [process.communicate(timeout=180) for process in reversed(processes)][::-1]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [0, 0, 0, 0], \
+        [stderr[-2000:] for _, stderr in outputs]
+    workers = [stdout for stdout, _ in outputs[2:]]
+    assert sum("2 data-parallel replicas" in stdout for stdout in workers) == 1  # rank 0
+    assert sum("epoch" in stdout for stdout in workers) == 1
+    np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
+
+
+def test_a_killed_dist_sync_worker_ends_the_other_in_one_line(tmp_path, corpus):
+    """A worker SIGKILLed in epoch 2: MXNet's parameter server would keep the other waiting
+    for ever; it ends within the collective timeout, with one line and no traceback, and the
+    epoch-1 checkpoint is intact (the scheduler and server, MXNet's, are stopped here)."""
+    require_backend("mxnet")
+    run, port = tmp_path / "run", _free_port()
+    command = [sys.executable, "-m", "common.cli",
+               *_args(corpus, run, "mxnet", "fast", "--data-parallel", "2", epochs=3)]
+    fault = dict(W2V_INTERRUPT_AFTER_BATCHES=str(BATCHES_PER_EPOCH + 10),
+                 W2V_INTERRUPT_SIGNAL="SIGKILL", W2V_INTERRUPT_RANK="1",
+                 W2V_COLLECTIVE_TIMEOUT_S="10")
+    processes = [subprocess.Popen(command, cwd=ROOT, env={**_dist_sync_env(port, role), **fault,
+                                                          **extra},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for role, extra in (("scheduler", {}), ("server", {}), ("worker", {}),
+                                     ("worker", {"RANK": "1"}))]  # RANK: the hook's, not MXNet's
+    try:
+        _, survivor = processes[2].communicate(timeout=120)
+        processes[3].wait(timeout=10)
+    finally:
+        for process in processes:
+            process.kill()
+            process.communicate()
+    assert processes[3].returncode == -9 and processes[2].returncode == 75, survivor[-2000:]
+    lines = [line for line in survivor.splitlines() if line.strip()]
+    assert len(lines) == 1 and "waited 10 s (W2V_COLLECTIVE_TIMEOUT_S)" in lines[0], lines
+    assert "a dist_sync step" in lines[0] and "checkpoint" in lines[0]
+    checkpoint = runs.load_checkpoint(run)
+    assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_the_replicas_benchmark_puts_n_beside_one_replica():
     from benchmarks.replicas import render
 
