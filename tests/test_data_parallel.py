@@ -3,9 +3,10 @@
 Per framework backend and step, a run with two replicas (a real `w2v train` subprocess: torch
 starts two processes over gloo, jax two host devices, tf two logical CPUs, mxnet two
 contexts) is stopped after 3 steps and then resumed to the end of its epoch; its parameters
-at the stop and its epoch loss must equal a one-replica run's. The multi-process faults (a
-replica killed, a signal, a taken port, a wrong world size) are torch's, the one engine with
-a replica per process.
+at the stop and its epoch loss must equal a one-replica run's (torch also with its sparse
+optimisers). The multi-process faults of our launcher (a replica killed, a signal, a taken
+port, a wrong world size) are torch's, the one engine with a replica per process; MXNet's
+dist_sync (scheduler, server, two workers) is run and a worker killed.
 """
 from __future__ import annotations
 
