@@ -351,6 +351,36 @@ def test_a_killed_dist_sync_worker_ends_the_other_in_one_line(tmp_path, corpus):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_a_killed_tf_config_worker_ends_the_other_in_one_line(tmp_path, corpus):
+    """The README's TF_CONFIG launch, worker 1 SIGKILLed in epoch 2: worker 0's collective
+    fails (TensorFlow's UnavailableError), which ends it with one line naming worker 1, no
+    traceback, exit 75, and the epoch-1 checkpoint intact."""
+    require_backend("tf")
+    PORTS[:] = [str(_free_port()), str(_free_port())]
+    run = tmp_path / "run"
+    fault = dict(W2V_INTERRUPT_AFTER_BATCHES=str(BATCHES_PER_EPOCH + 10),
+                 W2V_INTERRUPT_SIGNAL="SIGKILL", W2V_INTERRUPT_RANK="1")
+    processes = []
+    for process in range(2):
+        command, env = _multi_process_env("tf", process)
+        processes.append(subprocess.Popen(
+            [*command, *_args(corpus, run, "tf", "chapter", "--data-parallel", "2", epochs=3)],
+            cwd=ROOT, env=dict(os.environ, **env, **fault, RANK=str(process)),  # the hook's
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        _, stderr = processes[0].communicate(timeout=120)
+        processes[1].communicate(timeout=10)
+    finally:
+        for process in processes:
+            process.kill()
+    assert processes[1].returncode == -9 and processes[0].returncode == 75, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("w2v:")]
+    assert len(lines) == 1 and "replica 1 went away" in lines[0], lines
+    assert "Traceback" not in stderr and "is intact" in lines[0]
+    checkpoint = runs.load_checkpoint(run)
+    assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
+
+
 def test_the_replicas_benchmark_puts_n_beside_one_replica():
     from benchmarks.replicas import render
 
