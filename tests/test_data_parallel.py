@@ -319,6 +319,26 @@ def test_mxnets_dist_sync_launch_runs_as_two_local_workers(tmp_path, corpus, ste
     np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
+# The fault hook: the process whose RANK is 1 SIGKILLs itself 10 batches into epoch 2.
+KILL_RANK_1 = dict(W2V_INTERRUPT_AFTER_BATCHES=str(BATCHES_PER_EPOCH + 10),
+                   W2V_INTERRUPT_SIGNAL="SIGKILL", W2V_INTERRUPT_RANK="1")
+
+
+def _survivor_stderr(processes: list[subprocess.Popen], survivor: int, killed: int) -> str:
+    """The survivor's stderr once it ended (exit 75) after `killed` died by SIGKILL; every wait
+    bounded, every process (MXNet's scheduler and server too) killed afterwards."""
+    try:
+        _, stderr = processes[survivor].communicate(timeout=120)
+        processes[killed].wait(timeout=10)
+    finally:
+        for process in processes:
+            process.kill()
+            process.communicate()
+    assert processes[killed].returncode == -9 and processes[survivor].returncode == 75, \
+        stderr[-2000:]
+    return stderr
+
+
 def test_a_killed_dist_sync_worker_ends_the_other_in_one_line(tmp_path, corpus):
     """A worker SIGKILLed in epoch 2: MXNet's parameter server would keep the other waiting
     for ever; it ends within the collective timeout, with one line and no traceback, and the
@@ -327,22 +347,13 @@ def test_a_killed_dist_sync_worker_ends_the_other_in_one_line(tmp_path, corpus):
     run, port = tmp_path / "run", _free_port()
     command = [sys.executable, "-m", "common.cli",
                *_args(corpus, run, "mxnet", "fast", "--data-parallel", "2", epochs=3)]
-    fault = dict(W2V_INTERRUPT_AFTER_BATCHES=str(BATCHES_PER_EPOCH + 10),
-                 W2V_INTERRUPT_SIGNAL="SIGKILL", W2V_INTERRUPT_RANK="1",
-                 W2V_COLLECTIVE_TIMEOUT_S="10")
+    fault = dict(KILL_RANK_1, W2V_COLLECTIVE_TIMEOUT_S="10")
     processes = [subprocess.Popen(command, cwd=ROOT, env={**_dist_sync_env(port, role), **fault,
                                                           **extra},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for role, extra in (("scheduler", {}), ("server", {}), ("worker", {}),
                                      ("worker", {"RANK": "1"}))]  # RANK: the hook's, not MXNet's
-    try:
-        _, survivor = processes[2].communicate(timeout=120)
-        processes[3].wait(timeout=10)
-    finally:
-        for process in processes:
-            process.kill()
-            process.communicate()
-    assert processes[3].returncode == -9 and processes[2].returncode == 75, survivor[-2000:]
+    survivor = _survivor_stderr(processes, survivor=2, killed=3)
     lines = [line for line in survivor.splitlines() if line.strip()]
     assert len(lines) == 1 and "waited 10 s (W2V_COLLECTIVE_TIMEOUT_S)" in lines[0], lines
     assert "a dist_sync step" in lines[0] and "checkpoint" in lines[0]
@@ -358,22 +369,14 @@ def test_a_killed_tf_config_worker_ends_the_other_in_one_line(tmp_path, corpus):
     require_backend("tf")
     PORTS[:] = [str(_free_port()), str(_free_port())]
     run = tmp_path / "run"
-    fault = dict(W2V_INTERRUPT_AFTER_BATCHES=str(BATCHES_PER_EPOCH + 10),
-                 W2V_INTERRUPT_SIGNAL="SIGKILL", W2V_INTERRUPT_RANK="1")
     processes = []
     for process in range(2):
         command, env = _multi_process_env("tf", process)
         processes.append(subprocess.Popen(
             [*command, *_args(corpus, run, "tf", "chapter", "--data-parallel", "2", epochs=3)],
-            cwd=ROOT, env=dict(os.environ, **env, **fault, RANK=str(process)),  # the hook's
+            cwd=ROOT, env=dict(os.environ, **env, **KILL_RANK_1, RANK=str(process)),  # the hook's
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        _, stderr = processes[0].communicate(timeout=120)
-        processes[1].communicate(timeout=10)
-    finally:
-        for process in processes:
-            process.kill()
-    assert processes[1].returncode == -9 and processes[0].returncode == 75, stderr[-2000:]
+    stderr = _survivor_stderr(processes, survivor=0, killed=1)
     lines = [line for line in stderr.splitlines() if line.startswith("w2v:")]
     assert len(lines) == 1 and "replica 1 went away" in lines[0], lines
     assert "Traceback" not in stderr and "is intact" in lines[0]
