@@ -45,6 +45,22 @@ def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float
     return lr * max(total_steps - step + 1, 1) / total_steps
 
 
+# The optimisers each backend's replicas train with: those a parity test proves equal to one
+# replica (tests/test_data_parallel.py). torch's engine all-reduces sparse gradients (gloo).
+REPLICA_OPTIMIZERS = {"torch": OPTIMIZERS}
+
+
+def replica_optimizer_error(backend: str, optimizer: str, replicas: int) -> str | None:
+    """The one line refusing `--optimizer` with `--data-parallel N > 1` where the backend's
+    replicas do not train it (naming what works), or None."""
+    if replicas == 1 or optimizer in REPLICA_OPTIMIZERS.get(backend, ("adam",)):
+        return None
+    where = [name for name, optimizers in REPLICA_OPTIMIZERS.items() if optimizer in optimizers]
+    return (f"--data-parallel {replicas} on the {backend} backend trains with --optimizer adam; "
+            f"--optimizer {optimizer} trains with --data-parallel 1, or with replicas on "
+            f"--backend {' or '.join(where)}")
+
+
 def _flag(help_text: str, **extra: Any) -> Any:
     return {"help": help_text, **extra}
 
@@ -151,10 +167,15 @@ class TrainConfig:
         problem = combination_error(self.model, self.loss, self.optimizer)
         if problem is not None:
             raise ConfigError(problem)
-        if self.data_parallel > 1 and self.optimizer != "adam":
-            # The replicas' engines were proven equal to one replica with dense Adam only.
-            raise ConfigError(f"--data-parallel {self.data_parallel} trains with --optimizer adam; "
-                              f"--optimizer {self.optimizer} trains with --data-parallel 1")
+        problem = replica_optimizer_error(self.backend, self.optimizer, self.data_parallel)
+        if problem is not None:
+            raise ConfigError(problem)
+        if (self.data_parallel > 1 and self.optimizer != "adam"
+                and (self.model, self.loss) != ("skipgram", "negative")):
+            # torch's sparse replicas were proven on the chapter's combination only.
+            raise ConfigError(f"--data-parallel {self.data_parallel} trains --model {self.model} "
+                              f"--loss {self.loss} with --optimizer adam; --optimizer "
+                              f"{self.optimizer} trains it with --data-parallel 1")
         from common.threads import check as check_threads
 
         check_threads(self.threads)

@@ -69,6 +69,46 @@ def collective_timeout() -> float:
     return value
 
 
+class CollectiveWatch:
+    """A bound on collectives that the framework itself would wait on for ever.
+
+    MXNet's parameter server (`dist_sync`) blocks a worker in C, where no exception can
+    reach it, when another worker, a server or the scheduler went away: a daemon thread ends
+    this process with one line (exit 75) when a wait armed by `waiting` passes the
+    collective timeout. The framework does not say who went away, so neither does the line.
+    """
+
+    def __init__(self, who: str, what: str) -> None:
+        import threading
+
+        self.who, self.what, self.timeout = who, what, collective_timeout()
+        self._deadline: float | None = None
+        threading.Thread(target=self._watch, daemon=True, name="w2v-collective-watch").start()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Any:
+        """Arm the bound for the waits inside (nested uses keep the outer deadline)."""
+        outer = self._deadline
+        self._deadline = outer or time.monotonic() + self.timeout
+        try:
+            yield
+        finally:
+            self._deadline = outer
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline:
+                sys.stderr.write(
+                    f"w2v: error: {self.who} waited {self.timeout:g} s "
+                    f"({COLLECTIVE_TIMEOUT_ENV}) for the others at {self.what}: another "
+                    f"replica or a server went away; the last checkpoint in the run folder is "
+                    f"intact: continue with `w2v train --resume RUN`\n")
+                sys.stderr.flush()
+                os._exit(ReplicaLost.exit_code)  # the waiting thread cannot be interrupted
+
+
 # -- shards -------------------------------------------------------------------------------
 # A chapter's `Batch` or a combination's `common.variants.VariantBatch`: row-wise arrays,
 # whose all-zero rows count 0 (their masks are 0).

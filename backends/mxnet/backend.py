@@ -332,6 +332,14 @@ class MXNetBackend(Backend):
         mx.nd.waitall()
 
     @classmethod
+    def process_index(cls) -> int:
+        """This worker's rank under MXNet's launcher (`dist_sync`), else 0."""
+        from backends.mxnet.distributed import dist_kvstore
+
+        kvstore = dist_kvstore()
+        return 0 if kvstore is None else int(kvstore.rank)
+
+    @classmethod
     def devices(cls) -> list[str]:
         return available_devices()
 

@@ -8,14 +8,23 @@ global batch is split into N equal shares, one per context, and:
   step to its copy; `step(1)`, so the sum is not rescaled;
 - fast step: each context's written-out gradient (`fast.FastStep`), summed by the same
   kvstore push/pull, then each context's Adam.
-MXNet 1.9.1's pip wheel is built with the distributed kvstore (`mx.runtime.Features()` lists
-DIST_KVSTORE): `dist_sync` over several processes or hosts is in the README's
-"Data-parallel" section. One process has no replica that can die alone. The other
-combinations (`DataParallelVariant`) run the chapter step's way on the same contexts and
-kvstore: their forward and backward per context, then their Trainer's `step(1)`.
+Several processes or hosts: `dist_sync`, MXNet's parameter server (the 1.9.1 wheel is built
+with it: `mx.runtime.Features()` lists DIST_KVSTORE). A worker started by MXNet's launcher, or
+with the variables it sets (DMLC_ROLE=worker, DMLC_PS_ROOT_URI/PORT, DMLC_NUM_WORKER/SERVER),
+joins the kvstore `mx.kv.create("dist_sync")`; every worker reads the same batch stream and
+takes its rank's (`kv.rank` of `kv.num_workers`) share of every global batch, split over its
+own contexts; the same Trainer (or the fast step's push/pull) sums the gradients over its
+contexts and, on the servers, over the workers, and each worker applies the same Adam step.
+The same command run with DMLC_ROLE=server or scheduler becomes that role when it imports
+mxnet (MXNet's own `kvstore_server`), as in any MXNet script. Rank 0 writes the run folder.
+One process (a context list) has no replica that can die alone. The other combinations
+(`DataParallelVariant`) run the chapter step's way on the same contexts and kvstore 'device'
+(one process: dist_sync trains the chapter's combination): their forward and backward per
+context, then their Trainer's `step(1)`.
 """
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
@@ -32,6 +41,45 @@ from common.batching import Batch
 from common.errors import ConfigError
 
 KVSTORE = "device"  # sums on the devices; "local" sums on the CPU: the same on a CPU
+ROLE_ENV, WORKERS_ENV = "DMLC_ROLE", "DMLC_NUM_WORKER"  # set by MXNet's launcher
+# Keys of the dist kvstore beside the tables' 0 and 1: the summed loss, the stop signal.
+LOSS_KEY, STOP_KEY, SIGNALS = 100, 101, 65
+_dist: list[Any] = []  # the one dist_sync kvstore of this process, once joined
+
+
+def dist_kvstore() -> Any:
+    """The `dist_sync` kvstore when MXNet's launcher started this process as a worker (joined
+    once: a dist kvstore's keys are set once per process), else None."""
+    if os.environ.get(ROLE_ENV) != "worker":
+        return None
+    if not _dist:
+        # The scheduler waits for every role; bounded, as every later wait (`_watch`).
+        watch = parallel.CollectiveWatch("a worker", "the dist_sync kvstore's start")
+        with watch.waiting():
+            kvstore = mx.kv.create("dist_sync")
+        watch.who, watch.what = f"replica {kvstore.rank}", "a dist_sync step"
+        _dist.append(kvstore)
+        _watch.append(watch)
+    return _dist[0]
+
+
+_watch: list[parallel.CollectiveWatch] = []  # bounds this worker's waits for the others
+
+
+def _shares(batch: Batch, replicas: int, first: int, count: int) -> list[Batch]:
+    """Shares `first .. first + count - 1` of `replicas` equal shares of a global batch: this
+    process's contexts' (every worker reads the same stream)."""
+    return parallel.shards(batch, replicas)[first:first + count]
+
+
+def _sum_over_workers(kvstore: Any, key: int, value: mx.nd.NDArray) -> mx.nd.NDArray:
+    """`value` summed over the workers (dist_sync: the server adds every worker's push)."""
+    total = mx.nd.zeros(value.shape, ctx=value.context)
+    # A copy: on a CPU the dist kvstore keeps the pushed array as its receive buffer and pulls
+    # into it ("avoid memory copy", kvstore_dist.h), which must not be the caller's.
+    kvstore.push(key, value.copy())
+    kvstore.pull(key, out=total)
+    return total
 
 
 def _arrays(batch: Batch, context: mx.Context) -> tuple[mx.np.ndarray, ...]:
@@ -50,21 +98,27 @@ def _total(losses: list[Any], context: mx.Context) -> Any:
 class ChapterSteps(ChapterStep):
     """The chapter's step on every context, one Trainer whose kvstore sums the gradients."""
 
-    def __init__(self, net: model.SkipGramModel, lr: float, contexts: list[mx.Context]) -> None:
-        self.contexts = contexts
+    def __init__(self, net: model.SkipGramModel, lr: float, contexts: list[mx.Context],
+                 split: Any, kvstore: Any = KVSTORE) -> None:
+        self.contexts, self.split, self.kvstore = contexts, split, kvstore
         super().__init__(net, lr, contexts[0])
 
     def reset(self) -> None:
         beta1, beta2 = ADAM_BETAS
-        self.trainer = gluon.Trainer(self.net.collect_params(), "adam",
-                                     {"learning_rate": self.lr, "beta1": beta1, "beta2": beta2,
-                                      "epsilon": ADAM_EPS},
-                                     kvstore=KVSTORE, update_on_kvstore=False)
+        options = {"learning_rate": self.lr, "beta1": beta1, "beta2": beta2,
+                   "epsilon": ADAM_EPS}
+        if getattr(self, "trainer", None) is not None and self.kvstore is not KVSTORE:
+            # A dist kvstore's keys are set once (a second Trainer's would wait forever):
+            # keep the Trainer and its kvstore, start a fresh Adam.
+            self.trainer._init_optimizer("adam", options)
+        else:
+            self.trainer = gluon.Trainer(self.net.collect_params(), "adam", options,
+                                         kvstore=self.kvstore, update_on_kvstore=False)
         self.step_count = 0
 
     def _backward(self, batch: Batch) -> list[Any]:
         """Forward and backward of each context's share; its (B/N,) losses per context."""
-        shares = parallel.shards(batch, len(self.contexts))
+        shares = self.split(batch)
         with autograd.record():
             losses = [self.objective(*_arrays(share, context))
                       for share, context in zip(shares, self.contexts)]
@@ -91,7 +145,8 @@ class ChapterSteps(ChapterStep):
 
     def load_state(self, state: AdamState) -> None:
         self.reset()
-        self.trainer._init_kvstore()  # the updaters exist once the kvstore does
+        if not self.trainer._kv_initialized:
+            self.trainer._init_kvstore()  # the updaters exist once the kvstore does
         for context, updater in zip(self.contexts, self._updaters()):
             states = {index: tuple(mx.nd.array(np.asarray(values, np.float32), ctx=context)
                                    for values in pair)
@@ -109,11 +164,11 @@ class FastSteps:
     """The fast step on every context, its gradients summed by a kvstore push/pull."""
 
     def __init__(self, vocab_size: int, embed_size: int, lr: float,
-                 contexts: list[mx.Context]) -> None:
-        self.contexts = contexts
+                 contexts: list[mx.Context], split: Any, kvstore: Any = None) -> None:
+        self.contexts, self.split = contexts, split
         self.steps = [fast.FastStep(vocab_size, embed_size, lr, context)
                       for context in contexts]
-        self.kvstore = mx.kv.create(KVSTORE)
+        self.kvstore = kvstore or mx.kv.create(KVSTORE)
         for key, grad in enumerate(self.steps[0].grads):
             self.kvstore.init(key, grad.as_nd_ndarray())
 
@@ -126,7 +181,7 @@ class FastSteps:
             step.reset()
 
     def gradients(self, tables: list[tuple[mx.np.ndarray, mx.np.ndarray]], batch: Batch) -> Any:
-        shares = parallel.shards(batch, len(self.contexts))
+        shares = self.split(batch)
         losses = [step.gradients(table_pair, share)
                   for step, table_pair, share in zip(self.steps, tables, shares)]
         for key in range(len(self.steps[0].grads)):
@@ -156,14 +211,15 @@ class FastSteps:
                     moment.as_in_context(step.context) for moment in step.optimizer.moments[index])
 
 
-def replica_contexts(context: mx.Context, replicas: int) -> list[mx.Context]:
-    """`replicas` contexts of `context`'s kind: cpu(0 .. N-1), or N GPUs (one line if absent)."""
+def replica_contexts(context: mx.Context, count: int, replicas: int) -> list[mx.Context]:
+    """`count` contexts of `context`'s kind for this process's share of `replicas`: cpu(0 ..
+    count-1), or that many GPUs (one line if absent)."""
     if context.device_type == "cpu":
-        return [mx.cpu(index) for index in range(replicas)]
-    if mx.context.num_gpus() < replicas:
-        raise ConfigError(f"--data-parallel {replicas} needs {replicas} GPUs; MXNet "
+        return [mx.cpu(index) for index in range(count)]
+    if mx.context.num_gpus() < count:
+        raise ConfigError(f"--data-parallel {replicas} needs {count} GPUs here; MXNet "
                           f"sees {mx.context.num_gpus()}")
-    return [mx.gpu(index) for index in range(replicas)]
+    return [mx.gpu(index) for index in range(count)]
 
 
 class DataParallelBackend(MXNetBackend):
@@ -174,13 +230,29 @@ class DataParallelBackend(MXNetBackend):
                  step: str = "fast") -> None:
         super().__init__(vocab_size, embed_size, lr=lr, device=device, seed=seed,
                          optimizer=optimizer, step=step)
-        self.contexts = replica_contexts(self.context, replicas)
-        self.context, self.replicas = self.contexts[0], len(self.contexts)
+        self.dist = dist_kvstore()
+        workers = self.dist.num_workers if self.dist is not None else 1
+        if replicas % workers:
+            raise ConfigError(f"--data-parallel {replicas} does not split over "
+                              f"{WORKERS_ENV}={workers} workers: give a multiple of it")
+        local = replicas // workers  # this worker's contexts
+        self.contexts = replica_contexts(self.context, local, replicas)
+        self.context, self.replicas = self.contexts[0], replicas
+        self.rank = self.dist.rank if self.dist is not None else 0
+
+        def split(batch: Batch) -> list[Batch]:
+            return _shares(batch, replicas, self.rank * local, local)
+
         self.net.collect_params().reset_ctx(self.contexts)
         if step == "chapter":
-            self.trainer = ChapterSteps(self.net, lr, self.contexts)
+            self.trainer = ChapterSteps(self.net, lr, self.contexts, split,
+                                        self.dist or KVSTORE)
         else:
-            self.trainer = FastSteps(vocab_size, embed_size, lr, self.contexts)
+            self.trainer = FastSteps(vocab_size, embed_size, lr, self.contexts, split,
+                                     self.dist)
+        if self.dist is not None:
+            self.dist.init(LOSS_KEY, mx.nd.zeros((1,)))
+            self.dist.init(STOP_KEY, mx.nd.zeros((SIGNALS,)))
         self.init_params(seed)
 
     def _tables_per_context(self) -> list[tuple[mx.np.ndarray, mx.np.ndarray]]:
@@ -201,10 +273,37 @@ class DataParallelBackend(MXNetBackend):
         return float(loss.asnumpy()), Params(*(grad.asnumpy() for grad in self.trainer.grads))
 
     def train_step(self, batch: Batch) -> mx.np.ndarray:
+        if self.dist is None:
+            return self._step(batch)
+        with _watch[0].waiting():
+            return self._dist_step(batch)
+
+    def _step(self, batch: Batch) -> mx.np.ndarray:
         lr = self.next_lr()
         if self.step == "chapter":
             return self.trainer.train_step(batch, lr)
         return self.trainer.train_step(self._tables_per_context(), batch, lr)
+
+    def _dist_step(self, batch: Batch) -> mx.np.ndarray:
+        loss = self._step(batch)
+        # The global batch's loss (this worker's shares and the others'), and the step done
+        # before the host prepares the next: without this wait the fast step's second epoch on
+        # the tiny corpus, and once in five runs the chapter step's, ended off the one-replica
+        # loss under dist_sync (a step's push racing the next one's; the kvstore reuses the
+        # pushed arrays). The step already waits for the servers, so the wait costs little.
+        total = _sum_over_workers(self.dist, LOSS_KEY, loss.as_nd_ndarray().reshape((1,)))
+        mx.nd.waitall()
+        return total.as_np_ndarray()[0]
+
+    def agree_to_stop(self, signum: int) -> int:
+        """Workers under dist_sync: the largest signal any worker received (0: none)."""
+        if self.dist is None:
+            return signum
+        seen = mx.nd.zeros((SIGNALS,))
+        seen[signum] = 1
+        with _watch[0].waiting():
+            received = np.flatnonzero(_sum_over_workers(self.dist, STOP_KEY, seen).asnumpy())
+        return int(received.max()) if received.size else 0
 
 
 class DataParallelVariant(VariantBackend):
@@ -215,8 +314,12 @@ class DataParallelVariant(VariantBackend):
 
     def __init__(self, vocab_size: int, embed_size: int, *, replicas: int,
                  **options: Any) -> None:
+        if os.environ.get(ROLE_ENV) == "worker":
+            raise ConfigError("MXNet's dist_sync workers train --model skipgram --loss "
+                              "negative; the other combinations train on one process's "
+                              "contexts (--data-parallel N without MXNet's launcher)")
         super().__init__(vocab_size, embed_size, **options)
-        self.contexts = replica_contexts(self.context, replicas)
+        self.contexts = replica_contexts(self.context, replicas, replicas)
         self.context, self.replicas = self.contexts[0], len(self.contexts)
         self.net.collect_params().reset_ctx(self.contexts)
         self.init_params(self.seed)  # every context's copy, and a Trainer over them all

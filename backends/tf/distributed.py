@@ -13,14 +13,19 @@ replica's part on its device:
 On a CPU the devices are logical CPUs, which must be configured before TensorFlow starts
 (`prepare_replicas`). `MultiWorkerMirroredStrategy` (TF_CONFIG) is the same code over
 several processes or hosts (README, "Data-parallel"); one process has no replica that can
-die alone. The other combinations (`DataParallelVariant`) run the chapter step's way under
-the same strategy: their tape and stock Keras optimiser on every replica.
+die alone. Under TF_CONFIG a worker that went away fails the others' collectives
+(`UnavailableError`, or `DeadlineExceededError` after W2V_COLLECTIVE_TIMEOUT_S): that
+becomes one line naming the worker TensorFlow reports, instead of a traceback. The other
+combinations (`DataParallelVariant`) run the chapter step's way under the same strategy:
+their tape and stock Keras optimiser on every replica.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -80,6 +85,23 @@ def reserve_logical_cpus(replicas: int) -> None:
             raise ConfigError(f"TensorFlow started with {count} logical CPU(s) before "
                               f"--data-parallel {replicas} could ask for more: run it in a "
                               f"fresh process (`w2v train` does)") from None
+
+
+@contextlib.contextmanager
+def _collective(rank: int) -> Iterator[None]:
+    """A collective that failed because a worker went away, as one line (`ReplicaLost`)."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError) as error:
+        text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).strip()
+        # gRPC names the worker it lost: "remote target /job:worker/replica:0/task:1".
+        peer = re.search(r"remote target /job:worker/replica:\d+/task:(\d+)", error.message)
+        who = f"replica {peer.group(1)} went away" if peer else "another replica went away"
+        raise parallel.ReplicaLost(
+            f"{who} ({text.splitlines()[0] if text else type(error).__name__}); replica {rank} "
+            f"stopped, and the last checkpoint in the run folder is intact: continue with "
+            f"`w2v train --resume RUN`") from None
 
 
 class MirroredReplicas:
@@ -147,8 +169,13 @@ class MirroredReplicas:
         # ReduceOp has SUM and MEAN only: the largest signal from the sum of one-hot flags.
         flags = self.strategy.experimental_distribute_values_from_function(
             lambda context: tf.one_hot(signum, 65, dtype=tf.int32))
-        asked = np.flatnonzero(self.strategy.reduce(SUM, flags, axis=None).numpy()[1:])
+        with _collective(self.rank):
+            asked = np.flatnonzero(self.strategy.reduce(SUM, flags, axis=None).numpy()[1:])
         return int(asked[-1]) + 1 if len(asked) else 0
+
+    def stack_losses(self, losses: list[Any]) -> np.ndarray:
+        with _collective(self.rank):  # the losses of steps that may have failed
+            return super().stack_losses(losses)  # type: ignore[misc]
 
     def train_steps(self, batches: Sequence[Any]) -> list[tf.Tensor]:
         return [self.train_step(batch) for batch in batches]  # type: ignore[attr-defined]
@@ -202,7 +229,8 @@ class DataParallelBackend(MirroredReplicas, TFBackend):
         batch = parallel.pad_rows(batch, self.replicas)  # as the shares are
         rows = tuple(tf.constant(np.asarray(ids, np.int32).reshape(-1))
                      for ids in (batch.centers, batch.contexts_negatives))
-        return self._replicated_step(*self._distribute(batch, BATCH_DTYPES), lr, rows)
+        with _collective(self.rank):
+            return self._replicated_step(*self._distribute(batch, BATCH_DTYPES), lr, rows)
 
 
 class DataParallelVariant(MirroredReplicas, VariantBackend):
@@ -229,5 +257,6 @@ class DataParallelVariant(MirroredReplicas, VariantBackend):
         return float(loss), {name: np.asarray(g) for name, g in zip(self.table_names, gradients)}
 
     def variant_step(self, batch: VariantBatch, lr: float) -> tf.Tensor:
-        return self._replicated_step(*self._distribute(batch, DTYPES),
-                                     tf.constant(lr, tf.float32))
+        with _collective(self.rank):
+            return self._replicated_step(*self._distribute(batch, DTYPES),
+                                         tf.constant(lr, tf.float32))

@@ -243,15 +243,23 @@ class TorchBackend(Backend):
             table.grad = None  # the next step's are fresh; the chapter step's are sparse
         return loss
 
+    def _touched_gradients(self, batch: Batch) -> tuple[torch.Tensor, list[tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """(loss, [(rows, gradient, current values)] per table): the rows `batch` touches
+        (data-parallel replicas sum them over the global batch here)."""
+        loss, local, rows, grads, values = self._local_gradients(batch)
+        touched = []
+        for grad, now, mask in zip(grads, values, (local.center_touched, local.context_touched)):
+            # Positions from the host (a boolean mask costs a device-side nonzero per use).
+            where = torch.from_numpy(np.flatnonzero(mask)).to(self.torch_device)
+            touched.append(tuple(x.index_select(0, where) for x in (rows, grad, now)))
+        return loss, touched
+
     def _sparse_fast_step(self, batch: Batch) -> torch.Tensor:
         """sparse_adam or sgd on the touched rows alone, in the stock optimiser's state."""
         lr = self.next_lr()
-        loss, local, rows, grads, values = self._local_gradients(batch)
-        for table, grad, now, touched in zip(self._tables, grads, values,
-                                             (local.center_touched, local.context_touched)):
-            # Positions from the host (a boolean mask costs a device-side nonzero per use).
-            where = torch.from_numpy(np.flatnonzero(touched)).to(self.torch_device)
-            table_rows, grad, now = (x.index_select(0, where) for x in (rows, grad, now))
+        loss, touched = self._touched_gradients(batch)
+        for table, (table_rows, grad, now) in zip(self._tables, touched):
             if self.optimizer == "sgd":
                 optim.sgd_rows(table, table_rows, now, grad, lr)
             else:

@@ -6,14 +6,16 @@ over gloo on CPU and NCCL on CUDA, and trains on its share of every global batch
 - chapter step: the model in `DistributedDataParallel`, `loss.backward()`, `Adam`. DDP
   *averages* the replicas' gradients while the objective is their *sum*, so each replica
   back-propagates `world_size * loss` (exact for powers of two, and float32 rounding else);
-- sparse_adam: the same DDP, whose gloo all-reduce takes the embeddings' sparse gradients
-  (written for it, but the config refuses sparse optimisers with replicas until a parity
-  test covers them);
-- fast step: its dense gradients, written out, then one explicit `all_reduce(SUM)` per table.
-Every replica then takes the same Adam step. The other combinations (`DataParallelVariant`)
-run the chapter step's way: DDP around their objective, then their stock optimiser.
-Collectives time out after W2V_COLLECTIVE_TIMEOUT_S (45 s, gloo's default is 30 minutes), and
-a failed one raises `ReplicaLost` instead of a traceback.
+- sparse_adam and sgd, chapter step: the same DDP, whose gloo all-reduce takes the
+  embeddings' sparse gradients (`nn.Embedding(sparse=True)`) and concatenates them, so
+  `SparseAdam` / `SGD` see the touched rows of the global batch;
+- fast step: its dense gradients, written out, then one explicit `all_reduce(SUM)` per table;
+  with sparse_adam / sgd, the touched rows' gradients as sparse COO tensors, all-reduced
+  (gloo sums them, the communication follows the rows, not V), then the row-wise update.
+Every replica then takes the same optimiser step. The other combinations
+(`DataParallelVariant`) run the chapter step's way: DDP around their objective, then their
+stock optimiser. Collectives time out after W2V_COLLECTIVE_TIMEOUT_S (45 s, gloo's default is
+30 minutes), and a failed one raises `ReplicaLost` instead of a traceback.
 """
 from __future__ import annotations
 
@@ -175,6 +177,8 @@ class DataParallelBackend(Replicas, TorchBackend):
 
     def train_step(self, batch: Batch) -> Tensor:
         shard = self._shard(batch)
+        if self.sparse and not self._autograd:
+            return self._sparse_fast_step(shard)
         self._set_step_lr()
         if self._ddp is not None:  # the chapter's loop body, through DDP
             return self._ddp_step(self._optimizer, list(self._batch_tensors(shard)))
@@ -182,6 +186,21 @@ class DataParallelBackend(Replicas, TorchBackend):
         self._all_reduce(list(table.grad for table in self._tables))
         self._optimizer.step()
         return loss
+
+    def _touched_gradients(self, batch: Batch) -> tuple[Tensor, list[tuple[Tensor, Tensor,
+                                                                             Tensor]]]:
+        """This shard's touched rows' gradients as sparse COO tensors, summed by gloo's sparse
+        all-reduce (it concatenates them; `coalesce` adds the rows several replicas touched):
+        the rows of the global batch, their gradients and current values, what one replica
+        would have."""
+        loss, touched = super()._touched_gradients(batch)
+        summed = [torch.sparse_coo_tensor(rows[None], grad, table.shape, check_invariants=False)
+                  for table, (rows, grad, _) in zip(self._tables, touched)]
+        self._all_reduce(summed)  # in place
+        totals = [total.coalesce() for total in summed]
+        return loss, [(total.indices()[0], total.values(),
+                       table.detach().index_select(0, total.indices()[0]))
+                      for table, total in zip(self._tables, totals)]
 
 
 class DataParallelVariant(Replicas, VariantBackend):
