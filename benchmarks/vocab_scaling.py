@@ -250,7 +250,7 @@ def memory_table(vocabs: tuple[int, ...] = VOCABS) -> str:
 
 def render(path: Path = JSONL) -> list[Path]:
     """The table (vocab_scaling.md) and the plot (vocab_scaling.png) from the records."""
-    from common.io import atomic_path
+    from common.io import write_text
     from common.plotting import _pyplot, save_figure
 
     rows = latest(path)
@@ -261,9 +261,7 @@ def render(path: Path = JSONL) -> list[Path]:
             f"{any_row.get('cpu', '?')}, {any_row.get('threads', '?')} threads, "
             f"{any_row.get('date', '?')}\n\n{table(rows)}\n\n## Memory a run needs\n\n"
             f"{memory_table()}\n")
-    with atomic_path(TABLE if path == JSONL else path.with_suffix(".md"),
-                     suffix=".md") as temporary:
-        temporary.write_text(body, encoding="utf-8")
+    write_text(TABLE if path == JSONL else path.with_suffix(".md"), body)
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     colours = {"adam": "tab:red", "sparse_adam": "tab:blue", "sgd": "tab:green"}
