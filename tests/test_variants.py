@@ -36,13 +36,13 @@ def counts() -> np.ndarray:
 
 
 def variant(name: str, model: str, loss: str, seed: int = 0, *, fresh: bool = False,
-            **options: object) -> object:
+            step: str = "chapter", **options: object) -> object:
     """`name`'s VariantBackend on the test vocabulary, with every table randomised (the inner
     one included, so that every gradient is nonzero), or as initialised when `fresh` (the
     inner table at zero: every hierarchical-softmax logit of the first step is exactly 0)."""
     module = importlib.import_module(f"backends.{name}.variants")
     backend = module.VariantBackend(VOCAB, EMBED, model=model, loss=loss, max_window=WINDOW,
-                                    num_noise=NOISE, counts=counts(), seed=seed, step="chapter",
+                                    num_noise=NOISE, counts=counts(), seed=seed, step=step,
                                     **options)
     if fresh:
         return backend
@@ -174,6 +174,31 @@ def test_resume_from_the_optimizer_state_is_bit_exact(backend_name, combination)
     assert again == losses[2:]
     for name, table in resumed.get_tables().items():
         np.testing.assert_array_equal(table, straight.get_tables()[name], err_msg=name)
+
+
+def test_torchs_fast_step_packs_the_path_nodes_and_keeps_the_oracles_numbers():
+    """Skip-gram + hierarchical softmax's fast step: the objective over the real path nodes
+    alone gives the oracle's loss, gradients and three Adam steps, as the padded chapter step."""
+    require_backend("torch")
+    model = "skipgram"
+    fast, oracle = (variant(name, model, "hsoftmax", step="fast") for name in ("torch", "numpy"))
+    assert fast.objective == fast.net.packed_objective
+    chapter = variant("torch", model, "hsoftmax")
+    assert chapter.objective == chapter.net.objective
+    batch = make_batch(np.random.default_rng(5), all_padding_row=True)
+    (loss, grads), (expected_loss, expected) = fast.loss_and_grads(batch), oracle.loss_and_grads(batch)
+    assert np.isclose(loss, expected_loss, rtol=RTOL)
+    for name in expected:
+        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        batch = make_batch(rng)
+        got = float(fast.to_numpy(fast.train_step(batch)))
+        assert np.isclose(got, float(oracle.train_step(batch)), rtol=1e-4)
+    for name, table in fast.get_tables().items():
+        np.testing.assert_allclose(table, oracle.get_tables()[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
 
 
 def test_three_sgd_steps_on_the_decay_schedule_match_the_oracle_across_a_reload(
