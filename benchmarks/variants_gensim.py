@@ -2,7 +2,7 @@
 
     python -m benchmarks.variants_gensim --data /path/to/ptb.zip --epochs 5 20 --seeds 0 \
         [--backend torch] [--workers 1] [--threads 1] [--who both|w2v|gensim] [--out FILE] \
-        [--combinations MODEL-LOSS[:OPTIMIZER[:LR]] ...]
+        [--combinations MODEL-LOSS[:OPTIMIZER[:LR]] ...] [--jobs 2]
     python -m benchmarks.variants_gensim --render --epochs 5 --seeds 0 1 2 3 4 \
         --combinations cbow-negative:sgd:0.3 ...     # the table of rows already in --out
 
@@ -14,15 +14,22 @@ mean (gensim's default `cbow_mean=1`). Ours trains with the chapter's Adam (lr 0
 `--optimizer sgd`); gensim with its own SGD (0.025 decaying linearly, one example at a time).
 Each row:
 WordSim353 and SimLex-999 Spearman rho, analogy accuracy (`common.evaluate`) and the seconds
-of training alone (gensim's `train()`, our epochs), as the mean over the seeds given.
+of training alone (gensim's `train()`, our epochs), as the mean over the seeds given, and the
+CPU seconds of the whole task (data, training, scoring; a figure that other load does not
+inflate). `--jobs N` runs the tasks in N processes, each pinned to a CPU of its own (so give
+`--threads 1 --workers 1`): 5 seeds x 2 epoch counts x 4 combinations x 2 tools fit a session.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import multiprocessing
+import os
+import resource
 import statistics
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +37,7 @@ from benchmarks import machine, peer
 
 COMBINATIONS = list(itertools.product(("skipgram", "cbow"), ("negative", "hsoftmax")))
 JSONL = machine.RESULTS / "variants_gensim.jsonl"
-METRICS = ("wordsim353", "simlex999", "analogies", "seconds")
+METRICS = ("wordsim353", "simlex999", "analogies", "seconds", "cpu_seconds")
 
 
 def _scores(evaluation: dict[str, Any]) -> dict[str, float]:
@@ -73,6 +80,31 @@ def gensim(model: str, loss: str, sentences: list[list[str]], *, epochs: int, se
             "workers": workers, **_scores(evaluate(result.keyed))}
 
 
+_SENTENCES: dict[str | None, list[list[str]]] = {}
+
+
+def run_task(who: str, model: str, loss: str, optimizer: str, lr: float | None, epochs: int,
+             seed: int, *, data: str | None, backend: str, threads: int,
+             workers: int) -> dict[str, Any]:
+    """One row: ours or gensim's, with the CPU seconds the whole task took in this process."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    if who == "w2v":
+        row = ours(model, loss, data=data, epochs=epochs, seed=seed, backend=backend,
+                   optimizer=optimizer, lr=lr, threads=threads)
+    else:
+        if data not in _SENTENCES:
+            _SENTENCES[data] = peer.ptb_sentences(data)
+        row = gensim(model, loss, _SENTENCES[data], epochs=epochs, seed=seed, workers=workers)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    row["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return machine.stamp(row)  # here: `threads` is this process's CPUs
+
+
+def _pin_to_a_cpu(cpus: Any) -> None:
+    """A pool worker's initializer: one CPU of its own, so that jobs do not share a core."""
+    os.sched_setaffinity(0, {cpus.get()})
+
+
 def optimizer_of(row: dict[str, Any]) -> str:
     """"adam" or "sgd 0.3": what trained one of our rows (rows before the flag: adam)."""
     name = row.get("optimizer", "adam")
@@ -84,8 +116,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     seed means (gensim's over its seeds of the same epochs and combination)."""
     lines = ["| epochs | model | loss | w2v optimizer | seeds | w2v WS353 | gensim WS353 | "
              "w2v SimLex | gensim SimLex | w2v analogies | gensim analogies | w2v s | "
-             "gensim s |",
-             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "gensim s | w2v CPU s | gensim CPU s |",
+             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keys = sorted({(row["epochs"], row["model"], row["loss"], optimizer_of(row))
                    for row in rows if row["who"].startswith("w2v")},
                   key=lambda key: (key[0], COMBINATIONS.index(key[1:3]), key[3]))
@@ -97,12 +129,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         theirs = [row for row in chosen if row["who"].startswith("gensim")]
 
         def mean(group: list[dict[str, Any]], metric: str, digits: int) -> str:
-            values = [row[metric] for row in group]
+            values = [row[metric] for row in group if metric in row]  # older rows: no CPU s
             return f"{statistics.fmean(values):.{digits}f}" if values else "-"
 
         cells = [str(epochs), model, loss, optimizer, str(len(mine))]
         for metric, digits in (("wordsim353", 3), ("simlex999", 3), ("analogies", 3),
-                               ("seconds", 1)):
+                               ("seconds", 1), ("cpu_seconds", 1)):
             cells += [mean(mine, metric, digits), mean(theirs, metric, digits)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -154,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--workers", type=int, default=1, help="gensim's threads")
     parser.add_argument("--threads", type=int, default=0, help="our --threads (0: all)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="tasks run side by side, each process on a CPU of its own")
     parser.add_argument("--who", choices=("both", "w2v", "gensim"), default="both")
     parser.add_argument("--combinations", nargs="+", default=None,
                         help="MODEL-LOSS[:OPTIMIZER[:LR]] to run (default: all four, adam)")
@@ -164,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --render: only rows measured on this commit (a prefix)")
     parser.add_argument("--out", type=Path, default=JSONL)
     args = parser.parse_args(argv)
+    if not 1 <= args.jobs <= len(os.sched_getaffinity(0)):
+        parser.error(f"--jobs must be 1 to {len(os.sched_getaffinity(0))} (the CPUs here)")
     chosen = [parse_combination(text) for text in args.combinations] if args.combinations \
         else [(model, loss, "adam", None) for model, loss in COMBINATIONS]
     if args.render:
@@ -171,23 +207,40 @@ def main(argv: list[str] | None = None) -> int:
                 if str(row.get("commit", "")).startswith(args.commit)]
         print("\n".join(table(select(rows, args.epochs, args.seeds, chosen))))
         return 0
-    sentences = peer.ptb_sentences(args.data) if args.who != "w2v" else []
+    tools = [who for who in ("w2v", "gensim") if args.who in (who, "both")]
+    tasks = []  # gensim's once per (model, loss, epochs, seed), whatever our optimisers
+    for epochs, seed, (model, loss, optimizer, lr), who in itertools.product(
+            args.epochs, args.seeds, chosen, tools):
+        task = (who, model, loss, optimizer, lr, epochs, seed) if who == "w2v" else \
+            (who, model, loss, "sgd", None, epochs, seed)
+        if task not in tasks:
+            tasks.append(task)
+    options = dict(data=args.data, backend=args.backend, threads=args.threads,
+                   workers=args.workers)
     rows = []
-    for epochs, seed, (model, loss, optimizer, lr) in itertools.product(args.epochs, args.seeds,
-                                                                        chosen):
-        runs = []
-        if args.who != "gensim":
-            runs.append(lambda: ours(model, loss, data=args.data, epochs=epochs, seed=seed,
-                                     backend=args.backend, optimizer=optimizer, lr=lr,
-                                     threads=args.threads))
-        if args.who != "w2v":
-            runs.append(lambda: gensim(model, loss, sentences, epochs=epochs, seed=seed,
-                                       workers=args.workers))
-        for run in runs:
-            row = run()
-            rows.append(machine.stamp(row))
-            print(json.dumps(row), flush=True)
-            machine.append_jsonl(args.out, rows[-1])
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append({**row, "jobs": args.jobs})
+        print(json.dumps(rows[-1]), flush=True)
+        machine.append_jsonl(args.out, rows[-1])
+
+    if args.jobs == 1:
+        for task in tasks:
+            record(run_task(*task, **options))
+    else:
+        context = multiprocessing.get_context("spawn")
+        cpus = context.Queue()
+        for cpu in sorted(os.sched_getaffinity(0))[:args.jobs]:
+            cpus.put(cpu)
+        with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_pin_to_a_cpu,
+                                 initargs=(cpus,)) as pool:
+            # Longest first (epochs, then skip-gram's hierarchical softmax), so no job idles
+            # at the end while the other trains the slowest task.
+            order = sorted(tasks, key=lambda task: (-task[5], task[1:3] != ("skipgram",
+                                                                           "hsoftmax")))
+            for future in as_completed([pool.submit(run_task, *task, **options)
+                                        for task in order]):
+                record(future.result())
     print("\n".join(table(rows)))
     return 0
 

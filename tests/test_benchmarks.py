@@ -201,3 +201,16 @@ def test_the_variants_table_puts_each_optimiser_beside_gensims_seed_means():
     both = table(select(rows, [5], [0, 1], [parse_combination("cbow-negative"),
                                              parse_combination("cbow-negative:sgd:1.0")]))
     assert [line.split(" | ")[3] for line in both[2:]] == ["adam", "sgd 1"]
+    # CPU seconds: the mean of the rows that have them ("-" for rows measured before them)
+    timed = table([row("w2v torch", 0, 0.2, cpu_seconds=12.0), row("w2v torch", 1, 0.2),
+                   row("gensim 4.4.0", 0, 0.05)])
+    assert timed[2].endswith("| 10.0 | 10.0 | 12.0 | - |")
+
+
+def test_the_variants_benchmark_refuses_more_jobs_than_cpus(capsys):
+    from benchmarks.variants_gensim import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--jobs", "4096", "--who", "w2v"])
+    assert stopped.value.code == 2
+    assert "--jobs must be 1 to" in capsys.readouterr().err
