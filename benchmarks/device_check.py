@@ -11,6 +11,9 @@ installs nothing. For each backend this Python can load and that offers the devi
   oracle's chapter step on the host (`parity.jsonl`);
 - throughput of both steps on PTB (`W2V_PTB`), or, without PTB, on a generated Zipf corpus
   (`throughput.jsonl`; the corpus is named in every row);
+- data-parallel replicas (issue 21) where the backend sees two GPUs or more: one epoch of
+  `w2v train --data-parallel 1` against `--data-parallel N`, N = all its GPUs: the epoch losses
+  must agree to 1e-4 relative; both rates are recorded (`replicas.jsonl`);
 then the parity test suite (`tests/test_parity.py`, CPU) when pytest is installed. Everything
 goes under `--out`: `environment.json`, the JSON lines, `summary.json` and `summary.txt`, which
 lists what ran, what did not and why. Exit 0 when everything that could run passed.
@@ -63,7 +66,8 @@ if why:
     print(json.dumps({"missing": why}))
 else:
     backend = backends.load(name)
-    print(json.dumps({"version": backend.version(), "devices": backend.devices()}))
+    print(json.dumps({"version": backend.version(), "devices": backend.devices(),
+                      "data_parallel": bool(backend.data_parallel)}))
 """
 
 
@@ -113,6 +117,41 @@ def parity(name: str, device: str, *, steps: int = 3, vocab: int = 50,
             "max_table_difference": table_diff, "tolerance": PARITY_TOLERANCE,
             "passed": loss_diff <= PARITY_TOLERANCE and table_diff <= PARITY_TOLERANCE}))
     return records
+
+
+REPLICA_TOLERANCE = 1e-4  # the issue's: N replicas equal one to float32 summation order
+
+
+def gpu_count(devices: list[str]) -> int:
+    """How many GPUs a backend offers (its `devices()` names them gpu, gpu:0, gpu:1, ...)."""
+    return len({d for d in devices if d.startswith("gpu:")}) or int("gpu" in devices)
+
+
+def replicas(name: str, device: str, count: int, corpus: list[str], out: Path,
+             timeout: float) -> dict[str, Any]:
+    """One epoch with 1 replica and with `count` on `device`; their losses and centre words/s.
+
+    Raises RuntimeError with the run's last line when one of them fails.
+    """
+    runs = {}
+    for replica_count in (1, count):
+        run = out / f"replicas-{name}-{replica_count}"
+        code, _, stderr = _child(["-m", "common.cli", "train", "--backend", name, "--device",
+                                  device, "--data-parallel", str(replica_count), "--epochs", "1",
+                                  "--out", str(run), "--overwrite", "--no-progress", *corpus],
+                                 timeout / 2)
+        if code != 0:
+            raise RuntimeError(f"--data-parallel {replica_count}: "
+                               f"{_last_line(stderr) or f'exit {code}'}")
+        runs[replica_count] = json.loads((run / "report.json").read_text())["epochs"][-1]
+    one, many = runs[1]["mean_loss"], runs[count]["mean_loss"]
+    difference = abs(many - one) / max(abs(one), 1e-12)
+    return machine.stamp({
+        "benchmark": "device_replicas", "backend": name, "device": device, "replicas": count,
+        "loss_1": one, f"loss_{count}": many, "relative_difference": difference,
+        "centre_words_per_second_1": runs[1]["words_per_second"],
+        f"centre_words_per_second_{count}": runs[count]["words_per_second"],
+        "tolerance": REPLICA_TOLERANCE, "passed": difference <= REPLICA_TOLERANCE})
 
 
 def corpus_arguments(out: Path, data: str | None, words: int) -> tuple[list[str], str]:
@@ -181,6 +220,27 @@ def check(device: str, out: Path, *, data: str | None, timed_words: int, budget_
                 ran.append(f"{name} {step} throughput on {corpus_name}: {line}")
             else:
                 failed.append(f"{name} {step} throughput: {_last_line(stderr) or f'exit {code}'}")
+        count = gpu_count(facts["devices"]) if device.startswith("gpu") else 0
+        left = deadline - time.monotonic()
+        if not facts.get("data_parallel"):
+            pass  # the NumPy oracle has no distributed engine and need not have one
+        elif count < 2:
+            skipped.append(f"{name} replicas: --data-parallel compares 1 with all GPUs, and "
+                           f"{'there is one' if count else f'{device} is not a GPU'}")
+        elif left < 40:
+            skipped.append(f"{name} replicas: the time budget ran out")
+        else:
+            try:
+                record = replicas(name, device.split(":")[0], count, corpus, out, min(left, 300))
+            except RuntimeError as error:
+                failed.append(f"{name} replicas on {count} GPUs: {error}")
+            else:
+                machine.append_jsonl(out / "replicas.jsonl", record)
+                line = (f"{name} replicas: epoch loss {record['loss_1']:.4f} with 1, "
+                        f"{record[f'loss_{count}']:.4f} with {count} GPUs; "
+                        f"{record['centre_words_per_second_1']:,.0f} against "
+                        f"{record[f'centre_words_per_second_{count}']:,.0f} centre words/s")
+                (ran if record["passed"] else failed).append(line)
     if tests:
         left = deadline - time.monotonic()
         has_pytest = _child(["-c", "import pytest"], 60)[0] == 0

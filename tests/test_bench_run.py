@@ -283,3 +283,20 @@ def test_the_device_check_runs_what_it_has_and_says_why_not_the_rest(tmp_path):
     assert parity[0]["max_table_difference"] == 0.0  # the oracle against itself
     environment = json.loads((tmp_path / "out" / "environment.json").read_text())
     assert environment["backends"]["numpy"]["devices"] == ["cpu"]
+
+
+def test_the_device_checks_replicas_compare_one_with_all_devices(tmp_path):
+    """The GPU check's replicas step, run here on two CPU host devices (jax): one epoch with
+    1 and with 2 replicas, the same loss, both rates recorded."""
+    from benchmarks.device_check import gpu_count, replicas
+    from helpers import require_backend, tiny_corpus
+
+    assert gpu_count(["cpu", "gpu:0", "gpu:1"]) == 2 and gpu_count(["cpu"]) == 0
+    require_backend("jax")
+    tiny = ["--corpus", str(tiny_corpus(tmp_path)), "--batch-size", "8"]
+    record = replicas("jax", "cpu", 2, tiny, tmp_path, 240)
+    assert record["passed"] and record["relative_difference"] <= 1e-4
+    assert record["loss_1"] == pytest.approx(record["loss_2"], rel=1e-4)
+    assert record["centre_words_per_second_1"] > 0 and record["centre_words_per_second_2"] > 0
+    with pytest.raises(RuntimeError, match="--data-parallel 1: "):
+        replicas("jax", "cpu", 2, ["--corpus", str(tmp_path / "missing.txt")], tmp_path, 240)
