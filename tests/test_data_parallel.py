@@ -314,18 +314,19 @@ def _dist_sync_env(port: int, role: str) -> dict[str, str]:
                 DMLC_NODE_HOST="127.0.0.1")
 
 
-def test_mxnets_dist_sync_refuses_the_chapter_step_in_one_line(tmp_path, corpus, capsys,
-                                                                monkeypatch):
-    """Gluon's Trainer over dist_sync lost a share's gradient in some runs: a worker refuses
-    the chapter step before it joins, naming what works."""
+def test_mxnets_dist_sync_refuses_the_other_combinations_in_one_line(tmp_path, corpus, capsys,
+                                                                     monkeypatch):
+    """dist_sync workers train the chapter's combination (both steps); another combination is
+    refused before the worker joins, in one line naming what works."""
     require_backend("mxnet")
     monkeypatch.setenv("DMLC_ROLE", "worker")
-    code = main(_args(corpus, tmp_path / "run", "mxnet", "chapter", "--data-parallel", "2"))
+    code = main(_args(corpus, tmp_path / "run", "mxnet", "chapter", "--data-parallel", "2",
+                      "--model", "cbow"))
     assert code == 2
-    assert "dist_sync workers train --step fast" in error_line(capsys)
+    assert "dist_sync workers train --model skipgram --loss negative" in error_line(capsys)
 
 
-@pytest.mark.parametrize("step", ["fast"])
+@pytest.mark.parametrize("step", ["chapter", "fast"])
 def test_mxnets_dist_sync_launch_runs_as_two_local_workers(tmp_path, corpus, step):
     """The README's MXNet launch (scheduler, server, two workers, each `w2v train` with the
     launcher's DMLC_* variables): the workers sum their shares' gradients through the
