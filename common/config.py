@@ -171,13 +171,13 @@ class TrainConfig:
         problem = replica_optimizer_error(self.backend, self.optimizer, self.data_parallel)
         if problem is not None:
             raise ConfigError(problem)
-        if (self.backend == "mxnet" and self.step == "chapter"
-                and os.environ.get("DMLC_ROLE") == "worker"):
-            # Gluon's Trainer over MXNet's dist_sync lost or doubled a share's gradient in some
-            # runs (a clean CI run ended epoch 1 at 0.696 against one replica's 0.675).
-            raise ConfigError("MXNet's dist_sync workers train --step fast; --step chapter "
-                              "trains on one process's contexts (--data-parallel N without "
-                              "MXNet's launcher)")
+        if (self.backend == "mxnet" and os.environ.get("DMLC_ROLE") == "worker"
+                and (self.model, self.loss) != ("skipgram", "negative")):
+            # Before the worker joins MXNet's dist_sync (a worker that left after joining
+            # would keep the others waiting).
+            raise ConfigError("MXNet's dist_sync workers train --model skipgram --loss "
+                              "negative; the other combinations train on one process's "
+                              "contexts (--data-parallel N without MXNet's launcher)")
         if (self.data_parallel > 1 and self.optimizer != "adam"
                 and (self.model, self.loss) != ("skipgram", "negative")):
             # torch's sparse replicas were proven on the chapter's combination only.

@@ -6,7 +6,7 @@ contexts) is stopped after 3 steps and then resumed to the end of its epoch; its
 at the stop and its epoch loss must equal a one-replica run's (torch also with its sparse
 optimisers). The multi-process faults of our launcher (a replica killed, a signal, a taken
 port, a wrong world size) are torch's, the one engine with a replica per process; MXNet's
-dist_sync (scheduler, server, two workers) is run and a worker killed.
+dist_sync (scheduler, server, two workers) is run, a worker killed and the run resumed.
 """
 from __future__ import annotations
 
@@ -314,32 +314,21 @@ def _dist_sync_env(port: int, role: str) -> dict[str, str]:
                 DMLC_NODE_HOST="127.0.0.1")
 
 
-def test_mxnets_dist_sync_refuses_the_chapter_step_in_one_line(tmp_path, corpus, capsys,
-                                                                monkeypatch):
-    """Gluon's Trainer over dist_sync lost a share's gradient in some runs: a worker refuses
-    the chapter step before it joins, naming what works."""
-    require_backend("mxnet")
-    monkeypatch.setenv("DMLC_ROLE", "worker")
-    code = main(_args(corpus, tmp_path / "run", "mxnet", "chapter", "--data-parallel", "2"))
-    assert code == 2
-    assert "dist_sync workers train --step fast" in error_line(capsys)
-
-
-@pytest.mark.parametrize("step", ["fast"])
-def test_mxnets_dist_sync_launch_runs_as_two_local_workers(tmp_path, corpus, step):
-    """The README's MXNet launch (scheduler, server, two workers, each `w2v train` with the
-    launcher's DMLC_* variables): the workers sum their shares' gradients through the
-    dist_sync kvstore and train as one replica does; every role ends by itself."""
-    require_backend("mxnet")
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    assert main(_args(corpus, reference, "mxnet", step, epochs=2)) == 0
-    port = _free_port()
-    command = [sys.executable, "-m", "common.cli",
-               *_args(corpus, run, "mxnet", step, "--data-parallel", "2", epochs=2)]
+def _dist_sync_launch(args: list[str], env: dict[str, str] | None = None,
+                      second_worker: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """`w2v ARGS` as MXNet's scheduler, server and two workers over 127.0.0.1; `env` for every
+    role, `second_worker` for the last."""
+    port, command = _free_port(), [sys.executable, "-m", "common.cli", *args]
     roles = ["scheduler", "server", "worker", "worker"]
-    processes = [subprocess.Popen(command, cwd=ROOT, env=_dist_sync_env(port, role),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for role in roles]
+    return [subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE,
+                             env={**_dist_sync_env(port, role), **(env or {}),
+                                  **((second_worker or {}) if index == 3 else {})})
+            for index, role in enumerate(roles)]
+
+
+def _dist_sync_ran(processes: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    """Every role's (stdout, stderr), once each ended by itself with 0 (bounded; killed after)."""
     try:
         outputs = [process.communicate(timeout=180) for process in reversed(processes)][::-1]
     finally:
@@ -347,6 +336,31 @@ def test_mxnets_dist_sync_launch_runs_as_two_local_workers(tmp_path, corpus, ste
             process.kill()
     assert [process.returncode for process in processes] == [0, 0, 0, 0], \
         [stderr[-2000:] for _, stderr in outputs]
+    return outputs
+
+
+def test_mxnets_dist_sync_refuses_the_other_combinations_in_one_line(tmp_path, corpus, capsys,
+                                                                     monkeypatch):
+    """dist_sync workers train the chapter's combination (both steps); another combination is
+    refused before the worker joins, in one line naming what works."""
+    require_backend("mxnet")
+    monkeypatch.setenv("DMLC_ROLE", "worker")
+    code = main(_args(corpus, tmp_path / "run", "mxnet", "chapter", "--data-parallel", "2",
+                      "--model", "cbow"))
+    assert code == 2
+    assert "dist_sync workers train --model skipgram --loss negative" in error_line(capsys)
+
+
+@pytest.mark.parametrize("step", ["chapter", "fast"])
+def test_mxnets_dist_sync_launch_runs_as_two_local_workers(tmp_path, corpus, step):
+    """The README's MXNet launch (scheduler, server, two workers, each `w2v train` with the
+    launcher's DMLC_* variables): the workers sum their shares' gradients through the
+    dist_sync kvstore and train as one replica does; every role ends by itself."""
+    require_backend("mxnet")
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(_args(corpus, reference, "mxnet", step, epochs=2)) == 0
+    outputs = _dist_sync_ran(_dist_sync_launch(
+        _args(corpus, run, "mxnet", step, "--data-parallel", "2", epochs=2)))
     workers = [stdout for stdout, _ in outputs[2:]]
     assert sum("2 data-parallel replicas" in stdout for stdout in workers) == 1  # rank 0
     assert sum("epoch" in stdout for stdout in workers) == 1
@@ -373,22 +387,20 @@ def _survivor_stderr(processes: list[subprocess.Popen], survivor: int, killed: i
     return stderr
 
 
-def test_a_killed_dist_sync_worker_ends_the_other_in_one_line(tmp_path, corpus):
+def test_a_killed_dist_sync_worker_ends_the_other_in_one_line_and_the_run_resumes(tmp_path,
+                                                                                   corpus):
     """A worker SIGKILLed in epoch 2: MXNet's parameter server would keep the other waiting
     for ever; it ends within the collective timeout, with one line and no traceback, and the
-    epoch-1 checkpoint is intact (the scheduler and server, MXNet's, are stopped here)."""
+    epoch-1 checkpoint is intact (the scheduler and server, MXNet's, are stopped here). Two
+    fresh dist_sync workers then `--resume` it to one replica's epoch losses."""
     require_backend("mxnet")
-    run, port = tmp_path / "run", _free_port()
-    command = [sys.executable, "-m", "common.cli",
-               *_args(corpus, run, "mxnet", "fast", "--data-parallel", "2", epochs=3)]
+    reference, run = tmp_path / "reference", tmp_path / "run"
     # 30 s, not less: a live worker waits out rank 0's epoch-end checkpoint and evaluation
     # inside a step, which on a loaded 2-core machine took over 10 s once.
-    fault = dict(KILL_RANK_1, W2V_COLLECTIVE_TIMEOUT_S="30")
-    processes = [subprocess.Popen(command, cwd=ROOT, env={**_dist_sync_env(port, role), **fault,
-                                                          **extra},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for role, extra in (("scheduler", {}), ("server", {}), ("worker", {}),
-                                     ("worker", {"RANK": "1"}))]  # RANK: the hook's, not MXNet's
+    processes = _dist_sync_launch(
+        _args(corpus, run, "mxnet", "chapter", "--data-parallel", "2", epochs=3),
+        env=dict(KILL_RANK_1, W2V_COLLECTIVE_TIMEOUT_S="30"),
+        second_worker={"RANK": "1"})  # RANK: the hook's, not MXNet's
     survivor = _survivor_stderr(processes, survivor=2, killed=3)
     lines = [line for line in survivor.splitlines() if line.strip()]
     assert len(lines) == 1 and "waited 30 s (W2V_COLLECTIVE_TIMEOUT_S)" in lines[0], lines
@@ -396,6 +408,9 @@ def test_a_killed_dist_sync_worker_ends_the_other_in_one_line(tmp_path, corpus):
     checkpoint = runs.load_checkpoint(run)
     assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
     assert not list(run.glob(".*.tmp"))
+    _dist_sync_ran(_dist_sync_launch(["train", "--resume", str(run), "--no-progress"]))
+    assert main(_args(corpus, reference, "mxnet", "chapter", epochs=3)) == 0
+    np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
 def test_a_killed_tf_config_worker_ends_the_other_in_one_line(tmp_path, corpus):

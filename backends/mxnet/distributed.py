@@ -126,7 +126,28 @@ class ChapterSteps(ChapterStep):
             loss.backward()
         return [loss.sum() for loss in losses]
 
+    def _join(self) -> None:
+        """Under dist_sync, the Trainer's kvstore set up before any gradient is pushed.
+
+        Left to itself the Trainer sets it up inside its first `step`, after the backward:
+        rank 0 pushes its tables to the servers (`init`) and every worker pulls them back, and
+        those pulls run beside the step's gradient push/pull of the same keys. The servers hold
+        no optimiser (`update_on_kvstore=False`), so once every worker has pushed they store
+        the summed gradient under the table's key, and a pull answered after that wrote the
+        summed gradient into a worker's table (seen in 3 runs of 12: the context table after
+        step 1 off on one worker). So: set it up here, wait for this worker's pulls, and let
+        no worker push before every worker's pulls are done (a barrier)."""
+        trainer = self.trainer
+        if self.kvstore is KVSTORE or (trainer._kv_initialized and not trainer._params_to_init):
+            return
+        if not trainer._kv_initialized:
+            trainer._init_kvstore()
+        trainer._init_params()  # rank 0's tables to the servers, pulled by every worker
+        mx.nd.waitall()
+        self.kvstore._barrier()
+
     def train_step(self, batch: Batch, lr: float) -> mx.np.ndarray:
+        self._join()
         self.step_count += 1
         self.trainer.set_learning_rate(lr)
         losses = self._backward(batch)
@@ -135,6 +156,7 @@ class ChapterSteps(ChapterStep):
         return _total(losses, self.context)
 
     def loss_and_grads(self, batch: Batch) -> tuple[mx.np.ndarray, tuple[mx.np.ndarray, ...]]:
+        self._join()
         losses = self._backward(batch)
         self.trainer.allreduce_grads()  # what `step` sums, without the update
         return _total(losses, self.context), (self.net.center.weight.grad(self.context),
@@ -314,10 +336,6 @@ class DataParallelVariant(VariantBackend):
 
     def __init__(self, vocab_size: int, embed_size: int, *, replicas: int,
                  **options: Any) -> None:
-        if os.environ.get(ROLE_ENV) == "worker":
-            raise ConfigError("MXNet's dist_sync workers train --model skipgram --loss "
-                              "negative; the other combinations train on one process's "
-                              "contexts (--data-parallel N without MXNet's launcher)")
         super().__init__(vocab_size, embed_size, **options)
         self.contexts = replica_contexts(self.context, replicas, replicas)
         self.context, self.replicas = self.contexts[0], len(self.contexts)
