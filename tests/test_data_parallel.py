@@ -420,6 +420,36 @@ def test_a_killed_tf_config_worker_ends_the_other_in_one_line(tmp_path, corpus):
     assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
 
 
+def test_a_killed_jax_distributed_process_ends_the_other_in_one_line(tmp_path, corpus):
+    """The README's jax.distributed launch, process 1 SIGKILLed in epoch 2: process 0's next
+    collective fails in gloo, which ends it with one line naming process 1, exit 75, no
+    traceback and none of XLA's abort (its shutdown barrier would wait for the dead process),
+    the epoch-1 checkpoint intact; `--resume` (two host devices in one process) then ends
+    where an uninterrupted run ends."""
+    require_backend("jax")
+    PORTS[:] = [str(_free_port())]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(_args(corpus, reference, "jax", "chapter", epochs=2)) == 0
+    processes = []
+    for process in range(2):
+        command, env = _multi_process_env("jax", process)
+        processes.append(subprocess.Popen(
+            [*command, *_args(corpus, run, "jax", "chapter", "--data-parallel", "2", epochs=2)],
+            cwd=ROOT, env=dict(os.environ, **env, **KILL_RANK_1, RANK=str(process)),  # the hook's
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    stderr = _survivor_stderr(processes, survivor=0, killed=1)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("w2v: error: replica 1 went away (Gloo "), \
+        lines
+    assert "replica 0 stopped" in lines[0] and "is intact" in lines[0]
+    checkpoint = runs.load_checkpoint(run)
+    assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
+    assert not list(run.glob(".*.tmp"))
+    resumed = _w2v(["train", "--resume", str(run), "--no-progress", "--query"])
+    assert resumed.returncode == 0, resumed.stderr
+    np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
+
+
 def test_the_replicas_benchmark_puts_n_beside_one_replica():
     from benchmarks.replicas import render
 
