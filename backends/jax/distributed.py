@@ -130,7 +130,8 @@ def _collective(rank: int) -> Iterator[None]:
         _exit_before_the_shutdown_barrier()
         # gloo names the peer's address, not its process; of two processes it is the other.
         peer = 1 - rank if jax.process_count() == 2 else None
-        raise parallel.replica_lost(rank, peer, ": ".join(failed.groups())) from None
+        unit = "replica" if jax.local_device_count() == 1 else "process"
+        raise parallel.replica_lost(rank, peer, ": ".join(failed.groups()), unit) from None
 
 
 class MeshReplicas:
