@@ -48,6 +48,16 @@ class ReplicaLost(W2VError):
     exit_code = 75  # EX_TEMPFAIL: the launcher names the replica that caused it
 
 
+def replica_lost(rank: int, peer: int | None, detail: str, unit: str = "replica"
+                 ) -> ReplicaLost:
+    """The one line of replica `rank`, whose collective failed because replica `peer` (None:
+    the framework does not say which) went away; `detail` is the framework's own word.
+    `unit` "process" numbers processes that hold several replicas each."""
+    who = f"{unit} {peer} went away" if peer is not None else f"another {unit} went away"
+    return ReplicaLost(f"{who} ({detail}); {unit} {rank} stopped, and the last checkpoint in "
+                       f"the run folder is intact: continue with `w2v train --resume RUN`")
+
+
 class ReplicasFailed(W2VError):
     """A launched replica failed; `reported` when that replica already printed its line."""
 

@@ -6,7 +6,8 @@ contexts) is stopped after 3 steps and then resumed to the end of its epoch; its
 at the stop and its epoch loss must equal a one-replica run's (torch also with its sparse
 optimisers). The multi-process faults of our launcher (a replica killed, a signal, a taken
 port, a wrong world size) are torch's, the one engine with a replica per process; MXNet's
-dist_sync (scheduler, server, two workers) is run, a worker killed and the run resumed.
+dist_sync (scheduler, server, two workers), TF_CONFIG's and jax.distributed's two processes
+are run and a worker killed; the dist_sync and jax runs are then resumed.
 """
 from __future__ import annotations
 
@@ -413,26 +414,53 @@ def test_a_killed_dist_sync_worker_ends_the_other_in_one_line_and_the_run_resume
     np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
+def _killed_worker_survivor(backend: str, corpus: Path, run: Path, epochs: int) -> str:
+    """The README's two-process launch of `backend` (tf, jax), process 1 SIGKILLed in epoch 2:
+    process 0's stderr once it ended (exit 75), the epoch-1 checkpoint intact."""
+    PORTS[:] = [str(_free_port()), str(_free_port())]
+    processes = []
+    for process in range(2):
+        command, env = _multi_process_env(backend, process)
+        processes.append(subprocess.Popen(
+            [*command, *_args(corpus, run, backend, "chapter", "--data-parallel", "2",
+                              epochs=epochs)],
+            cwd=ROOT, env=dict(os.environ, **env, **KILL_RANK_1, RANK=str(process)),  # the hook's
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    stderr = _survivor_stderr(processes, survivor=0, killed=1)
+    checkpoint = runs.load_checkpoint(run)
+    assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
+    assert not list(run.glob(".*.tmp"))
+    return stderr
+
+
 def test_a_killed_tf_config_worker_ends_the_other_in_one_line(tmp_path, corpus):
     """The README's TF_CONFIG launch, worker 1 SIGKILLed in epoch 2: worker 0's collective
     fails (TensorFlow's UnavailableError), which ends it with one line naming worker 1, no
     traceback, exit 75, and the epoch-1 checkpoint intact."""
     require_backend("tf")
-    PORTS[:] = [str(_free_port()), str(_free_port())]
-    run = tmp_path / "run"
-    processes = []
-    for process in range(2):
-        command, env = _multi_process_env("tf", process)
-        processes.append(subprocess.Popen(
-            [*command, *_args(corpus, run, "tf", "chapter", "--data-parallel", "2", epochs=3)],
-            cwd=ROOT, env=dict(os.environ, **env, **KILL_RANK_1, RANK=str(process)),  # the hook's
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    stderr = _survivor_stderr(processes, survivor=0, killed=1)
+    stderr = _killed_worker_survivor("tf", corpus, tmp_path / "run", epochs=3)
     lines = [line for line in stderr.splitlines() if line.startswith("w2v:")]
     assert len(lines) == 1 and "replica 1 went away" in lines[0], lines
     assert "Traceback" not in stderr and "is intact" in lines[0]
-    checkpoint = runs.load_checkpoint(run)
-    assert checkpoint.position == {**checkpoint.position, "epoch": 1, "batch": 0}
+
+
+def test_a_killed_jax_distributed_process_ends_the_other_in_one_line(tmp_path, corpus):
+    """The README's jax.distributed launch, process 1 SIGKILLed in epoch 2: process 0's next
+    collective fails in gloo, which ends it with one line naming process 1, exit 75, no
+    traceback and none of XLA's abort (its shutdown barrier would wait for the dead process),
+    the epoch-1 checkpoint intact; `--resume` (two host devices in one process) then ends
+    where an uninterrupted run ends."""
+    require_backend("jax")
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(_args(corpus, reference, "jax", "chapter", epochs=2)) == 0
+    stderr = _killed_worker_survivor("jax", corpus, run, epochs=2)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("w2v: error: replica 1 went away (Gloo "), \
+        lines
+    assert "replica 0 stopped" in lines[0] and "is intact" in lines[0]
+    resumed = _w2v(["train", "--resume", str(run), "--no-progress", "--query"])
+    assert resumed.returncode == 0, resumed.stderr
+    np.testing.assert_allclose(_epoch_losses(run), _epoch_losses(reference), rtol=1e-4)
 
 
 def test_the_replicas_benchmark_puts_n_beside_one_replica():

@@ -9,15 +9,24 @@ Both steps run this way (the fast step's chunked gradient runs per shard). On a 
 devices are host devices (`jax_num_cpu_devices`, as `--xla_force_host_platform_device_count`),
 which must be asked for before JAX starts its backends: `prepare_replicas` does, and fails in
 one line when JAX started without them. Several processes or hosts join one mesh through
-`jax.distributed.initialize` (README, "Data-parallel"); one process has no replica that can
-die alone. The other combinations (`DataParallelVariant`) take the same mesh around their
+`jax.distributed.initialize` (README, "Data-parallel"), gloo carrying the collectives; one
+process has no replica that can die alone. There, a process that went away fails the others'
+next collective: gloo sees its sockets close, or gives up after W2V_COLLECTIVE_TIMEOUT_S
+(`xla_cpu_collective_timeout_seconds`, below the coordination service's heartbeat timeout,
+whose expiry would abort the process). That is one line naming the lost process (`_collective`),
+and the exit skips `jax.distributed`'s shutdown barrier, which would wait for the dead process
+and then abort. The other combinations (`DataParallelVariant`) take the same mesh around their
 `value_and_grad`.
 """
 from __future__ import annotations
 
 
+import atexit
+import contextlib
 import os
-from typing import Any, Callable
+import re
+import sys
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -35,6 +44,12 @@ from common.variants import VariantBatch
 
 AXIS = "batch"
 TERMINATE_FLAG, STARVED_DEVICE_S = "xla_cpu_collective_call_terminate_timeout_seconds", 600
+# How long gloo waits for another process at a collective before it fails (XLA's default: 30
+# minutes); the coordination service's heartbeat timeout is HEARTBEAT_FACTOR times it, so that
+# a silent process ends the others' collectives in our line before the service aborts them.
+GLOO_TIMEOUT_FLAG, HEARTBEAT_FACTOR = "xla_cpu_collective_timeout_seconds", 2
+# gloo's failure as XLA raises it: "Gloo all-reduce failed: [file:line] Read error ...".
+GLOO_FAILED = re.compile(r"(Gloo [\w-]+ failed): (?:\[[^]]*\] )?(.*)")
 # Several processes (README, "Data-parallel"): JAX reads the coordinator's address itself.
 COORDINATOR_ENV, PROCESSES_ENV, PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
                                                "JAX_PROCESS_ID")
@@ -59,21 +74,25 @@ def reserve_host_devices(replicas: int) -> None:
         raise ConfigError(f"--data-parallel {replicas} does not split over "
                           f"{PROCESSES_ENV}={processes} processes: give a multiple of it")
     local = replicas // processes
+    timeout = max(1, round(parallel.collective_timeout()))
     if not xla_bridge.backends_are_initialized():
         # XLA aborts the process when a host device waits 40 s for the others at a collective;
         # on a loaded 2-core machine a device's thread can be starved that long (seen on PTB).
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                                   f"--{TERMINATE_FLAG}={STARVED_DEVICE_S}").strip()
+        flags = [f"--{TERMINATE_FLAG}={STARVED_DEVICE_S}"]
+        if processes > 1:
+            flags.append(f"--{GLOO_TIMEOUT_FLAG}={timeout}")
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
     try:
         if jax.config.jax_num_cpu_devices < local:
             jax.config.update("jax_num_cpu_devices", local)
         if processes > 1 and not jax.distributed.is_initialized():
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            timeout = int(parallel.collective_timeout())
+            # TPU preemption notices: none here, and its poll of a dead coordinator logs errors.
+            jax.config.update("jax_enable_preemption_service", False)
             jax.distributed.initialize(num_processes=processes,
                                        process_id=_env_count(PROCESS_ENV, 0),
                                        initialization_timeout=timeout,
-                                       heartbeat_timeout_seconds=timeout)
+                                       heartbeat_timeout_seconds=HEARTBEAT_FACTOR * timeout)
     except RuntimeError:  # JAX's backends are up: only what they already have is available
         count = len(jax.devices("cpu"))
         if count < replicas:
@@ -81,6 +100,38 @@ def reserve_host_devices(replicas: int) -> None:
                 f"JAX started with {count} CPU device(s) before --data-parallel {replicas} could "
                 f"ask for more: run it in a fresh process (`w2v train` does), or set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={replicas}") from None
+
+
+def _exit_before_the_shutdown_barrier() -> None:
+    """End this process right after `main` reports, skipping `jax.distributed.shutdown`.
+
+    JAX's own exit hook waits at a barrier for every process, the dead one too, until the
+    service's heartbeat timeout, and then aborts with XLA's log and SIGABRT. Registered last,
+    this hook runs first; the run folder's files are written and closed by then.
+    """
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(parallel.ReplicaLost.exit_code)
+
+    atexit.register(leave)
+
+
+@contextlib.contextmanager
+def _collective(rank: int) -> Iterator[None]:
+    """A collective across processes that gloo failed (a process went away, or stayed silent
+    past W2V_COLLECTIVE_TIMEOUT_S) as one line naming the lost process (`ReplicaLost`)."""
+    try:
+        yield
+    except (jax.errors.JaxRuntimeError, ValueError) as error:  # the step's; process_allgather's
+        failed = GLOO_FAILED.search(str(error))
+        if failed is None or jax.process_count() == 1:
+            raise
+        _exit_before_the_shutdown_barrier()
+        # gloo names the peer's address, not its process; of two processes it is the other.
+        peer = 1 - rank if jax.process_count() == 2 else None
+        unit = "replica" if jax.local_device_count() == 1 else "process"
+        raise parallel.replica_lost(rank, peer, ": ".join(failed.groups()), unit) from None
 
 
 class MeshReplicas:
@@ -125,14 +176,16 @@ class MeshReplicas:
         # One collective program at a time: XLA's CPU client may start two queued programs
         # in different orders on the two device threads, whose all-reduces then wait for each
         # other (seen on PTB); a step is milliseconds, the wait costs little.
-        return super().train_step(batch).block_until_ready()  # type: ignore[misc]
+        with _collective(self.rank):
+            return super().train_step(batch).block_until_ready()  # type: ignore[misc]
 
     def agree_to_stop(self, signum: int) -> int:
         if jax.process_count() == 1:
             return signum
         from jax.experimental import multihost_utils
 
-        return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+        with _collective(self.rank):
+            return int(np.max(multihost_utils.process_allgather(np.int32(signum))))
 
 
 class DataParallelBackend(MeshReplicas, JaxBackend):

@@ -97,11 +97,9 @@ def _collective(rank: int) -> Iterator[None]:
         text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message).strip()
         # gRPC names the worker it lost: "remote target /job:worker/replica:0/task:1".
         peer = re.search(r"remote target /job:worker/replica:\d+/task:(\d+)", error.message)
-        who = f"replica {peer.group(1)} went away" if peer else "another replica went away"
-        raise parallel.ReplicaLost(
-            f"{who} ({text.splitlines()[0] if text else type(error).__name__}); replica {rank} "
-            f"stopped, and the last checkpoint in the run folder is intact: continue with "
-            f"`w2v train --resume RUN`") from None
+        raise parallel.replica_lost(rank, int(peer.group(1)) if peer else None,
+                                    text.splitlines()[0] if text else type(error).__name__
+                                    ) from None
 
 
 class MirroredReplicas:
