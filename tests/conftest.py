@@ -7,6 +7,7 @@ printing which backends ran in this environment, so CI's log shows the coverage.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +53,18 @@ def ptb_data() -> Path:
             pytest.fail("W2V_REQUIRE_DATA is set but W2V_PTB does not name an existing file")
         pytest.skip("set W2V_PTB to a local ptb.zip to run the PTB tests")
     return Path(value)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop signals as a terminal delivers them. `nohup make test` ignores SIGHUP, and a
+    background job of a non-interactive shell ignores SIGINT; w2v rightly keeps an ignored
+    signal off (and so do the processes the tests start, which inherit it), so the tests that
+    send one would fail for the way the suite was started."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGHUP: signal.SIG_DFL,
+                signal.SIGTERM: signal.SIG_DFL}
+    for signum, handler in defaults.items():
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            signal.signal(signum, handler)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001

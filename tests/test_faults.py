@@ -45,14 +45,6 @@ TINY = ["--backend", "numpy", "--min-freq", "1", "--batch-size", "64", "--embed-
 COMMAND_SECONDS = 120  # a command that runs longer than this has hung
 
 
-@pytest.fixture(autouse=True)
-def hangup_as_a_terminal_sends_it() -> Iterator[None]:
-    """`nohup make test` leaves SIGHUP ignored in this process, and w2v rightly keeps an ignored
-    SIGHUP off; the tests that send one need its default, as under a terminal."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGHUP, previous)
-
 
 def _train(corpus: Path, run: Path, *extra: str, epochs: int = 1) -> list[str]:
     return ["train", *TINY, "--corpus", str(corpus), "--epochs", str(epochs), "--out", str(run),
