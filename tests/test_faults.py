@@ -45,7 +45,6 @@ TINY = ["--backend", "numpy", "--min-freq", "1", "--batch-size", "64", "--embed-
 COMMAND_SECONDS = 120  # a command that runs longer than this has hung
 
 
-
 def _train(corpus: Path, run: Path, *extra: str, epochs: int = 1) -> list[str]:
     return ["train", *TINY, "--corpus", str(corpus), "--epochs", str(epochs), "--out", str(run),
             *extra, "--query"]

@@ -46,9 +46,13 @@ class Word2VecVariant(nn.Module):
             self.inner = nn.Embedding(vocab_size - 1, embed_size)
             nn.init.zeros_(self.inner.weight)  # word2vec starts its syn1 at zero
 
+    def input_vector(self, inputs: Tensor, input_masks: Tensor) -> Tensor:
+        """(B, C), (B, C) -> (B, E): the mean of the input words' rows (skip-gram: its one)."""
+        return context_mean(getattr(self, input_table(self.model))(inputs), input_masks)
+
     def forward(self, inputs: Tensor, input_masks: Tensor, targets: Tensor) -> Tensor:
         """(B, C), (B, C), (B, L) -> (B, L) logits of the input mean against the targets."""
-        h = context_mean(getattr(self, input_table(self.model))(inputs), input_masks)
+        h = self.input_vector(inputs, input_masks)
         u = getattr(self, output_table(self.model, self.loss))(targets)          # (B, L, E)
         return torch.bmm(u, h.unsqueeze(2)).squeeze(2)
 
@@ -66,7 +70,7 @@ class Word2VecVariant(nn.Module):
         on one thread (benchmarks/README.md). Same sum, another summation order.
         """
         rows, slots = masks.nonzero(as_tuple=True)
-        h = context_mean(getattr(self, input_table(self.model))(inputs), input_masks)  # (B, E)
+        h = self.input_vector(inputs, input_masks)                                      # (B, E)
         u = getattr(self, output_table(self.model, self.loss))(targets[rows, slots])   # (N, E)
         bce = F.binary_cross_entropy_with_logits((u * h[rows]).sum(dim=1),
                                                  labels[rows, slots], reduction="none")
